@@ -1,0 +1,42 @@
+# firstword: two commands on a fresh machine.
+#   make run   - create .venv, install requirements.txt, serve page + WebSocket on 127.0.0.1:8765
+#   make test  - same venv plus test tools; lint, types, then the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8765
+
+.PHONY: run test lint bench bench-server clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.runtime $@
+
+run: $(VENV)/.runtime
+	$(BIN)/python server.py --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.runtime
+	$(BIN)/python -m engine.bench
+
+bench-server: $(VENV)/.runtime
+	$(BIN)/python -m bench.load
+
+clean:
+	rm -rf $(VENV) models/cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,163 @@
+"""The engine: preloaded voices, text in, audio chunks out.
+
+``Engine.load()`` is the preload manager. It loads and warms every voice
+(phonemizer, onnxruntime sessions, split-graph cache) and logs one line per
+component with its load time. ``stream()`` is a synchronous generator: the
+engine never starts threads of its own; concurrency is the server's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.chunking import ChunkSchedule
+from engine.piper_voice import Float32Array, PiperStreamingVoice
+from engine.split_cache import default_cache_dir
+from engine.splitter import split_text
+from engine.voice_files import (
+    VoiceFiles,
+    VoiceLoadError,
+    default_voice_files,
+    find_voices,
+    voice_files,
+)
+
+log = logging.getLogger("engine")
+
+SENTENCE_PAUSE_MS = 200.0
+CLAUSE_PAUSE_MS = 80.0
+SENTENCE_END = tuple(".!?…。！？；;\"'”’)]」』")
+MIN_SPEED, MAX_SPEED = 0.5, 2.0
+
+
+def pause_after_ms(segment: str) -> float:
+    """Silence to insert after ``segment``: longer after a sentence than a clause."""
+    return SENTENCE_PAUSE_MS if segment.rstrip().endswith(SENTENCE_END) else CLAUSE_PAUSE_MS
+
+
+@dataclass(frozen=True)
+class SpeechChunk:
+    """A piece of synthesized audio: float32 mono samples in [-1, 1]."""
+
+    audio: Float32Array
+    sample_rate: int
+    segment_index: int
+    segment_text: str
+
+    @property
+    def pcm16(self) -> np.ndarray[tuple[int], np.dtype[np.int16]]:
+        """The same samples as little-endian int16."""
+        return np.asarray(np.rint(np.clip(self.audio, -1.0, 1.0) * 32767.0), dtype=np.int16)
+
+    @property
+    def duration_ms(self) -> float:
+        return 1000.0 * len(self.audio) / self.sample_rate
+
+
+class Engine:
+    """A set of loaded voices; create with :meth:`load`. Thread-safe for synthesis."""
+
+    def __init__(
+        self, voices: dict[str, PiperStreamingVoice], default: str, errors: dict[str, str]
+    ) -> None:
+        if default not in voices:
+            raise ValueError(f"default voice {default!r} is not among the loaded voices")
+        self.voices = voices
+        self.default_voice = default
+        self.voice_errors = errors
+
+    @classmethod
+    def load(
+        cls,
+        voice: str | Path | None = None,
+        *,
+        voices_dir: str | Path | None = None,
+        include_default: bool = True,
+        threads: int = 1,
+        cache_dir: str | Path | None = None,
+        schedule: ChunkSchedule | None = None,
+    ) -> Engine:
+        """Load and warm voices; return when the first request will be fast.
+
+        ``voice`` is a ``.onnx`` file (it becomes the default voice) or a
+        folder (treated as ``voices_dir``). Every voice in ``voices_dir`` is
+        loaded; one that fails is logged and listed in ``voice_errors`` while
+        the others serve. An explicitly named ``voice`` that fails raises
+        :class:`VoiceLoadError`. The bundled voice is loaded too unless
+        ``include_default`` is false.
+        """
+        start = time.perf_counter()
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if voice is not None and Path(voice).is_dir():
+            voices_dir, voice = voice, None
+        wanted: list[tuple[VoiceFiles, bool]] = []  # (files, must succeed)
+        if voice is not None:
+            wanted.append((voice_files(Path(voice)), True))
+        if voices_dir is not None:
+            wanted += [(f, False) for f in find_voices(Path(voices_dir))]
+        if include_default or not wanted:
+            wanted.append((default_voice_files(), voice is None and voices_dir is None))
+        loaded: dict[str, PiperStreamingVoice] = {}
+        errors: dict[str, str] = {}
+        for files, required in wanted:
+            if files.name in loaded:
+                continue
+            try:
+                loaded[files.name] = _load_one(files, cache, threads, schedule)
+            except VoiceLoadError as exc:
+                if required:
+                    raise
+                log.error("engine: voice %s not loaded: %s", files.name, exc)
+                errors[files.name] = str(exc)
+        if not loaded:
+            raise VoiceLoadError("no voice could be loaded: " + "; ".join(errors.values()))
+        default = wanted[0][0].name if wanted[0][0].name in loaded else next(iter(loaded))
+        log.info("engine: ready, %d voice(s) in %.2f s", len(loaded), time.perf_counter() - start)
+        return cls(loaded, default, errors)
+
+    def voice(self, name: str | None = None) -> PiperStreamingVoice:
+        """The named voice (default if ``None``); ``KeyError`` if unknown."""
+        return self.voices[name or self.default_voice]
+
+    def stream(
+        self, text: str, *, speed: float = 1.0, voice: str | None = None
+    ) -> Iterator[SpeechChunk]:
+        """Split ``text`` into segments and yield audio chunks as they are decoded.
+
+        A pause of silence follows each segment but the last. ``speed`` is
+        clamped to [0.5, 2.0]; > 1 speaks faster.
+        """
+        v = self.voice(voice)
+        speed = min(MAX_SPEED, max(MIN_SPEED, speed))
+        segments = [s for s in split_text(text) if s.strip()]
+        for index, segment in enumerate(segments):
+            for audio in v.synthesize(segment.strip(), speed):
+                yield SpeechChunk(audio, v.sample_rate, index, segment)
+            if index + 1 < len(segments):
+                pause = np.zeros(int(v.sample_rate * pause_after_ms(segment) / 1000), np.float32)
+                yield SpeechChunk(pause, v.sample_rate, index, segment)
+
+
+def _load_one(
+    files: VoiceFiles, cache: Path, threads: int, schedule: ChunkSchedule | None
+) -> PiperStreamingVoice:
+    start = time.perf_counter()
+    voice = PiperStreamingVoice.load(files, cache_dir=cache, threads=threads, schedule=schedule)
+    for component, seconds in voice.load_seconds.items():
+        log.info("engine: %s %s %.2f s", files.name, component, seconds)
+    mode = "chunked" if voice.streaming else f"whole-sentence ({voice.fallback_reason})"
+    log.info(
+        "engine: %s loaded in %.2f s, %d Hz, decoding %s, verify max diff %s",
+        files.name,
+        time.perf_counter() - start,
+        voice.sample_rate,
+        mode,
+        voice.verify_max_diff,
+    )
+    return voice

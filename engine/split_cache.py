@@ -1,0 +1,117 @@
+"""On-disk cache of split voice graphs, keyed by the voice file's SHA-256.
+
+Layout: ``<cache_dir>/<sha256>/{frontend,flow,vocoder}.onnx`` and
+``meta.json`` (tensor names between the stages and the split format version).
+A cache entry is written to a temporary folder and renamed into place, so a
+crash mid-write never leaves a half entry that later starts would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from engine.graph_split import SplitGraphs, split_piper_graph
+
+SPLIT_FORMAT = 1
+STAGES = ("frontend", "flow", "vocoder")
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """Paths of the three stage models and the names that connect them."""
+
+    frontend: Path
+    flow: Path
+    vocoder: Path
+    frontend_outputs: tuple[str, ...]
+    flow_inputs: tuple[str, ...]
+    flow_outputs: tuple[str, ...]
+    vocoder_inputs: tuple[str, ...]
+    audio_output: str
+    from_cache: bool
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$FIRSTWORD_CACHE_DIR``, else ``models/cache`` beside the ``engine`` package."""
+    env = os.environ.get("FIRSTWORD_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models" / "cache"
+
+
+def load_or_split(model_path: Path, cache_dir: Path, digest: str) -> SplitFiles:
+    """Return the split stage files for ``model_path``, splitting on a cache miss.
+
+    Raises ``GraphSplitError`` when the graph cannot be split, and ``OSError``
+    or ``onnx`` errors when the model file cannot be read.
+    """
+    entry = cache_dir / digest
+    meta_path = entry / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") == SPLIT_FORMAT and all(
+            (entry / f"{s}.onnx").is_file() for s in STAGES
+        ):
+            return _files(entry, meta, from_cache=True)
+    split = split_piper_graph(onnx.load(str(model_path)))
+    _write_entry(cache_dir, entry, split)
+    return _files(entry, json.loads(meta_path.read_text()), from_cache=False)
+
+
+def _write_entry(cache_dir: Path, entry: Path, split: SplitGraphs) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=cache_dir))
+    try:
+        for stage in STAGES:
+            onnx.save(getattr(split, stage), str(tmp / f"{stage}.onnx"))
+        meta = {
+            "format": SPLIT_FORMAT,
+            "frontend_outputs": list(split.frontend_outputs),
+            "flow_inputs": list(split.flow_inputs),
+            "flow_outputs": list(split.flow_outputs),
+            "vocoder_inputs": list(split.vocoder_inputs),
+            "audio_output": split.audio_output,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if entry.exists():
+            shutil.rmtree(entry)
+        tmp.rename(entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _files(entry: Path, meta: dict[str, object], *, from_cache: bool) -> SplitFiles:
+    def names(key: str) -> tuple[str, ...]:
+        value = meta[key]
+        assert isinstance(value, list)
+        return tuple(str(v) for v in value)
+
+    return SplitFiles(
+        frontend=entry / "frontend.onnx",
+        flow=entry / "flow.onnx",
+        vocoder=entry / "vocoder.onnx",
+        frontend_outputs=names("frontend_outputs"),
+        flow_inputs=names("flow_inputs"),
+        flow_outputs=names("flow_outputs"),
+        vocoder_inputs=names("vocoder_inputs"),
+        audio_output=str(meta["audio_output"]),
+        from_cache=from_cache,
+    )

@@ -1,0 +1,393 @@
+"""firstword server: protocol v1 over WebSocket, a thin adapter around ``protocol.session``.
+
+    python server.py [--host 127.0.0.1] [--port 8765] [--voices DIR] ...   (--help for all)
+
+The port answers plain HTTP too: /healthz, /readyz, /metrics, /v1/voices and
+the page under /. The engine is preloaded in a worker thread while /healthz
+already answers; /readyz turns 200 and WebSocket handshakes are accepted only
+once every voice is loaded and warmed. SIGTERM drains: /readyz 503, no new
+sessions or utterances, in-flight utterances get ``--grace`` seconds, then
+every connection closes with 1001 and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Origin
+
+from engine import Engine
+from protocol import messages as m
+from protocol.session import Limits, SegmentJob, SendDone, SendFrame, SendJson, Session
+from service import http
+from service.config import Config, parse_config
+from service.metrics import Metrics
+from service.ratelimit import TokenBucket
+from service.scheduler import EdfScheduler
+
+log = logging.getLogger("firstword")
+TTS_PATH = "/v1/tts"
+
+
+@dataclass
+class App:
+    """Process-wide state: the engine, the worker pool, metrics, open sessions."""
+
+    config: Config
+    engine: Engine | None = None
+    draining: bool = False
+    metrics: Metrics = field(default_factory=Metrics)
+    sessions: set[Session] = field(default_factory=set)
+    scheduler: EdfScheduler | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and not self.draining
+
+    # ---------------------------------------------------------------- HTTP
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        path = parts.path
+        if path == "/healthz":
+            return http.text(200, "ok")
+        if path == "/readyz":
+            return (
+                http.text(200, "ready")
+                if self.ready
+                else http.text(503, "draining" if self.draining else "loading")
+            )
+        if path == "/metrics":
+            self.metrics.active.set(len(self.sessions))
+            if self.scheduler is not None:
+                self.metrics.queue.set(self.scheduler.queued)
+            return http.response(
+                200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8"
+            )
+        if path == "/v1/voices":
+            return http.json_response(200 if self.engine else 503, self.voices())
+        if path == TTS_PATH:
+            if not self.ready:
+                return http.text(503, "draining" if self.draining else "loading")
+            token = parse_qs(parts.query).get("token", [None])[0]
+            if token is not None and token != self.config.token:
+                return http.text(401, "wrong token")
+            return None  # go on with the WebSocket handshake
+        return http.static_file(path)
+
+    def voices(self) -> dict[str, Any]:
+        if self.engine is None:
+            return {"voices": [], "default": None}
+        return {
+            "default": self.engine.default_voice,
+            "voices": [
+                {
+                    "name": name,
+                    "language": v.language,
+                    "sample_rate": v.sample_rate,
+                    "backend": "piper",
+                    "streaming": v.streaming,
+                }
+                for name, v in self.engine.voices.items()
+            ],
+        }
+
+    # ----------------------------------------------------------- WebSocket
+    async def handler(self, conn: ServerConnection) -> None:
+        assert self.engine is not None and self.scheduler is not None
+        if conn.request is None or urlsplit(conn.request.path).path != TTS_PATH:
+            await conn.close(1008, "WebSocket endpoint is " + TTS_PATH)
+            return
+        if len(self.sessions) >= self.config.max_sessions:
+            self.metrics.errors.labels("server_full").inc()
+            await conn.close(1013, "server full, try again later")
+            return
+        query_token = parse_qs(urlsplit(conn.request.path).query).get("token", [None])[0]
+        c = self.config
+        session = Session(
+            uuid.uuid4().hex[:12],
+            {name: v.sample_rate for name, v in self.engine.voices.items()},
+            self.engine.default_voice,
+            limits=Limits(
+                max_text_chars=c.max_text_chars,
+                max_utterance_chars=c.max_utterance_chars,
+                flush_after_s=c.flush_ms / 1000,
+                lookahead_ms=c.lookahead_ms,
+            ),
+            token=c.token,
+            authenticated=c.token is None or query_token == c.token,
+        )
+        self.sessions.add(session)
+        self.metrics.active.set(len(self.sessions))
+        link = _Link(self, conn, session)
+        try:
+            await link.run()
+        finally:
+            self.sessions.discard(session)
+            self.metrics.active.set(len(self.sessions))
+
+
+class _Link:
+    """The tasks of one connection: receive loop, sender, synthesis producer."""
+
+    def __init__(self, app: App, conn: ServerConnection, session: Session) -> None:
+        self.app, self.conn, self.session = app, conn, session
+        self.wake_sender = asyncio.Event()
+        self.wake_producer = asyncio.Event()
+        self.outbound_empty = asyncio.Event()
+        c = app.config
+        self.bucket = TokenBucket(rate=c.rate_limit, burst=2 * c.rate_limit)
+        self.strikes = 0
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._produce_loop())]
+        try:
+            await self._receive_loop()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.session.utterance is not None:
+                self.session.utterance.live = False
+
+    def _kick(self) -> None:
+        self.outbound_empty.clear()
+        self.wake_sender.set()
+        self.wake_producer.set()
+
+    async def _receive_loop(self) -> None:
+        s, c = self.session, self.app.config
+        last_activity = time.monotonic()
+        while True:
+            now = time.monotonic()
+            deadline = s.flush_deadline()
+            idle_at = last_activity + c.idle_timeout
+            wait = max(0.0, min(deadline if deadline is not None else idle_at, idle_at) - now)
+            try:
+                frame = await asyncio.wait_for(self.conn.recv(), timeout=wait)
+            except TimeoutError:
+                now = time.monotonic()
+                if s.utterance is None and now >= idle_at:
+                    await self.conn.close(1000, "idle timeout")
+                    return
+                s.on_flush_deadline(now)
+                self._kick()
+                continue
+            except ConnectionClosed:
+                return
+            now = last_activity = time.monotonic()
+            if not self.bucket.take(now):
+                self.strikes += 1
+                self.app.metrics.errors.labels("rate_limited").inc()
+                if self.strikes > self.bucket.burst:
+                    await self.conn.close(1008, "message rate limit exceeded")
+                    return
+                s.receive(m.ProtocolError("rate_limited", "too many messages; slow down"), now)
+                self._kick()
+                continue
+            msg = m.parse_client_message(frame, max_text_chars=c.max_text_chars)
+            if self.app.draining and isinstance(msg, m.Text) and s.utterance is None:
+                msg = m.ProtocolError("server_draining", "the server is shutting down; reconnect")
+            s.receive(msg, now)
+            self._kick()
+            if s.close_request is not None:
+                await self._drain_outbound()
+                await self.conn.close(*s.close_request)
+                return
+
+    async def _drain_outbound(self) -> None:
+        """Give the sender up to a second to write what is queued (the error message)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.outbound_empty.wait()
+
+    async def _send_loop(self) -> None:
+        s, metrics = self.session, self.app.metrics
+        while True:
+            item = s.pop_outbound()
+            if item is None:
+                self.outbound_empty.set()
+                await self.wake_sender.wait()
+                self.wake_sender.clear()
+                continue
+            payload: str | bytes
+            if isinstance(item, SendFrame):
+                payload = item.frame.data
+            elif isinstance(item, SendDone):
+                payload = m.encode(s.render_done(item))
+            else:
+                payload = m.encode(item.message)
+            try:
+                async with asyncio.timeout(self.app.config.send_timeout):
+                    await self.conn.send(payload)
+            except TimeoutError:
+                metrics.errors.labels("slow_reader").inc()
+                await self.conn.close(1008, "client is not reading")
+                return
+            except ConnectionClosed:
+                return
+            now = time.monotonic()
+            if isinstance(item, SendFrame):
+                u = item.utterance
+                if (
+                    u.first_frame_at is not None
+                    and now > u.first_frame_at + (u.sent_ms - item.frame.duration_ms) / 1000 + 0.05
+                ):
+                    metrics.underruns.inc()
+                s.frame_sent(item, now)
+                metrics.frames.inc()
+                metrics.audio_seconds.inc(item.frame.duration_ms / 1000)
+            elif isinstance(item, SendDone):
+                self._record_done(json.loads(payload)["metrics"])
+            elif isinstance(item, SendJson) and item.message["type"] in ("error", "cancelled"):
+                kind = item.message["type"]
+                if kind == "error":
+                    metrics.errors.labels(item.message["code"]).inc()
+                else:
+                    metrics.utterances.labels("cancelled").inc()
+
+    def _record_done(self, figures: dict[str, Any]) -> None:
+        metrics = self.app.metrics
+        metrics.utterances.labels("done").inc()
+        if figures["ttft_ms"] is not None:
+            metrics.ttft.observe(figures["ttft_ms"] / 1000)
+            metrics.ttfa_text.observe(figures["ttfa_from_first_text_ms"] / 1000)
+        if figures["rtf"] is not None:
+            metrics.rtf.observe(figures["rtf"])
+        log.info(json.dumps({"event": "utterance_done", "session": self.session.id, **figures}))
+
+    async def _produce_loop(self) -> None:
+        s = self.session
+        while True:
+            job = s.next_job()
+            if job is None:
+                await self.wake_producer.wait()
+                self.wake_producer.clear()
+                continue
+            await self._synthesize(job)
+            self.wake_sender.set()
+
+    async def _synthesize(self, job: SegmentJob) -> None:
+        s, app = self.session, self.app
+        assert app.engine is not None and app.scheduler is not None
+        settings = job.utterance.settings
+        chunks = app.engine.voice(settings.voice).synthesize(job.text.strip(), settings.speed)
+
+        def step() -> tuple[Any, float]:
+            start = time.perf_counter()
+            chunk = next(chunks, None)
+            return chunk, time.perf_counter() - start
+
+        try:
+            while s.job_live(job):
+                wait = s.compute_wait(job, time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(min(wait, 0.25))
+                    continue
+                chunk, seconds = await app.scheduler.run(
+                    s.compute_deadline(job, time.monotonic()), step
+                )
+                if chunk is None:
+                    s.finish_job(job, seconds)
+                    return
+                s.deliver_audio(job, chunk, seconds)
+                self.wake_sender.set()
+        except Exception as exc:
+            log.exception("synthesis failed in session %s", s.id)
+            s.fail_job(job, f"synthesis failed: {type(exc).__name__}")
+        finally:
+            chunks.close()
+
+
+async def main(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server: Server = await serve(
+        app.handler,
+        config.host,
+        config.port,
+        process_request=app.process_request,
+        origins=[Origin(o) for o in config.origins] or None,
+        compression=None,
+        max_size=config.max_message_bytes,
+        max_queue=16,
+        ping_interval=20,
+        ping_timeout=20,
+        close_timeout=5,
+    )
+    log.info(
+        "listening on http://%s:%d (WebSocket %s); loading voices",
+        config.host,
+        config.port,
+        TTS_PATH,
+    )
+    started = time.perf_counter()
+    load = loop.run_in_executor(
+        None, lambda: Engine.load(config.voice, voices_dir=config.voices, threads=config.threads)
+    )
+    waiter = asyncio.ensure_future(stop.wait())
+    racers: list[asyncio.Future[Any]] = [load, waiter]
+    await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+    if not load.done():
+        server.close()
+        await server.wait_closed()
+        return 0
+    try:
+        app.engine = load.result()
+    except Exception as exc:
+        log.error("preload failed: %s", exc)
+        server.close()
+        return 1
+    app.scheduler = EdfScheduler(config.workers)
+    app.metrics.ready.set(1)
+    log.info(
+        "ready in %.2f s: %d voice(s), %d workers",
+        time.perf_counter() - started,
+        len(app.engine.voices),
+        config.workers,
+    )
+    await stop.wait()
+    app.draining = True
+    app.metrics.ready.set(0)
+    log.info("draining: %d session(s), grace %.1f s", len(app.sessions), config.grace)
+    deadline = time.monotonic() + config.grace
+    # Polling is the simple way to watch many sessions at once; it ends at the deadline.
+    while time.monotonic() < deadline and any(s.utterance or s.outbound for s in app.sessions):
+        await asyncio.sleep(0.05)  # noqa: ASYNC110
+    server.close(close_connections=True, code=1001, reason="server shutting down")
+    await server.wait_closed()
+    app.scheduler.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    config = parse_config(argv)
+    try:
+        import uvloop
+
+        return uvloop.run(main(config))
+    except ImportError:
+        return asyncio.run(main(config))
+
+
+if __name__ == "__main__":
+    sys.exit(run())
