@@ -370,8 +370,8 @@ async def main(config: Config) -> int:
     log.info("draining: %d session(s), grace %.1f s", len(app.sessions), config.grace)
     deadline = time.monotonic() + config.grace
     # Polling is the simple way to watch many sessions at once; it ends at the deadline.
-    while time.monotonic() < deadline and any(s.utterance or s.outbound for s in app.sessions):
-        await asyncio.sleep(0.05)  # noqa: ASYNC110
+    while time.monotonic() < deadline and any(s.utterance or s.outbound for s in app.sessions):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     server.close(close_connections=True, code=1001, reason="server shutting down")
     await server.wait_closed()
     app.scheduler.shutdown()
