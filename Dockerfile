@@ -11,6 +11,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY engine/ engine/
 COPY protocol/ protocol/
+COPY service/ service/
 COPY web/ web/
 COPY server.py .
 

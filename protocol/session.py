@@ -86,7 +86,10 @@ class Utterance:
 
 @dataclass(frozen=True)
 class SendJson:
+    """A JSON event; ``utterance`` is set for events that belong to one (segments)."""
+
     message: dict[str, Any]
+    utterance: Utterance | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Session:
         self._token = token
         self._authenticated = authenticated or token is None
         self._ready_sent = False
+        self._rate_explicit = False  # a start named sample_rate: keep it across voice changes
         self._ids = itertools.count()
 
     # ------------------------------------------------------------ client input
@@ -187,7 +191,8 @@ class Session:
             )
         s = self.settings
         voice = msg.voice or s.voice
-        rate = msg.sample_rate or (s.sample_rate if voice == s.voice else self.voices[voice])
+        self._rate_explicit = self._rate_explicit or msg.sample_rate is not None
+        rate = msg.sample_rate or (s.sample_rate if self._rate_explicit else self.voices[voice])
         self.settings = Settings(
             voice,
             msg.format or s.format,
@@ -214,18 +219,18 @@ class Session:
             )
         if not text:
             return self._error("bad_field", "'text' must not be empty")
+        if (u.chars if u else 0) + len(text) > self.limits.max_utterance_chars:
+            return self._error(
+                "text_too_long",
+                f"an utterance may hold at most {self.limits.max_utterance_chars} characters;"
+                " this text was not accepted",
+            )
         if u is None:
             if not self._ready_sent:
                 self._ready()
             s = self.settings
             out = OutputStream(self.voices[s.voice], s.sample_rate, s.format, s.frame_ms)
             u = self.utterance = Utterance(next(self._ids), s, out, first_text_at=now)
-        if u.chars + len(text) > self.limits.max_utterance_chars:
-            return self._error(
-                "text_too_long",
-                f"an utterance may hold at most {self.limits.max_utterance_chars} characters;"
-                " this text was not accepted",
-            )
         u.chars += len(text)
         u.last_text_at = now
         self._release(u, u.splitter.add(text), now)
@@ -242,21 +247,26 @@ class Session:
             return self._push(SendJson(m.cancelled_message(0.0, "", "")))
         u.live = False
         self.utterance = None
-        queued = [
-            item for item in self.outbound if isinstance(item, SendFrame) and item.utterance is u
-        ]
-        self.outbound = deque(
-            item for item in self.outbound if getattr(item, "utterance", None) is not u
-        )
-        if queued:  # the next frame the listener would have heard, faded out, ends the stream
-            self._push(SendFrame(faded(queued[0].frame), u, queued[0].segment))
-            u.sent_ms += queued[0].frame.duration_ms
-            u.heard.add(queued[0].segment)
-        spoken = "".join(t for i, t in enumerate(u.segments) if i in u.heard)
-        unspoken = (
-            "".join(t for i, t in enumerate(u.segments) if i not in u.heard) + u.splitter.pending
-        )
-        self._push(SendJson(m.cancelled_message(u.sent_ms, spoken.strip(), unspoken.strip())))
+        # Of u's queued items keep only the next frame the listener would have
+        # heard (faded out, so playback ends without a click) and the segment
+        # event just before it; drop u's later frames, segment events and done.
+        tail: list[Outbound] = []
+        fade: SendFrame | None = None
+        for item in self.outbound:
+            if fade is None and _owner(item) is u:
+                if isinstance(item, SendFrame):
+                    fade = SendFrame(faded(item.frame), u, item.segment)
+                tail.append(fade or item)
+        self.outbound = deque(item for item in self.outbound if _owner(item) is not u)
+        heard, sent_ms = set(u.heard), u.sent_ms
+        if fade is not None:
+            self.outbound.extend(tail)
+            heard.add(fade.segment)
+            sent_ms += fade.frame.duration_ms
+        spoken = "".join(t for i, t in enumerate(u.segments) if i in heard)
+        unspoken = "".join(t for i, t in enumerate(u.segments) if i not in heard)
+        unspoken += u.splitter.pending
+        self._push(SendJson(m.cancelled_message(sent_ms, spoken.strip(), unspoken.strip())))
 
     def _error(self, code: m.ErrorCode, message: str) -> None:
         self._push(SendJson(m.error_message(m.ProtocolError(code, message))))
@@ -302,6 +312,7 @@ class Session:
         if not u.live:
             return
         u.active = None
+        u.output.reset()  # a partial frame of the failed segment must not leak into the next
         self._push(
             SendJson(
                 {
@@ -318,20 +329,23 @@ class Session:
         if job.index in u.started:
             return
         u.started.add(job.index)
-        if job.index > 0 and u.produced_ms > 0:
-            self._frames(job, u.output.silence(pause_after_ms(u.segments[job.index - 1])))
-        self._push(SendJson(m.segment_message(job.index, job.text.strip(), u.produced_ms)))
+        if job.index > 0 and u.produced_ms > 0:  # the pause belongs to the segment before
+            pause = u.output.silence(pause_after_ms(u.segments[job.index - 1]))
+            self._frames(job, pause, segment=job.index - 1)
+        message = m.segment_message(job.index, job.text.strip(), u.produced_ms)
+        self._push(SendJson(message, u))
 
-    def _frames(self, job: SegmentJob, frames: list[AudioFrame]) -> None:
+    def _frames(
+        self, job: SegmentJob, frames: list[AudioFrame], segment: int | None = None
+    ) -> None:
+        index = job.index if segment is None else segment
         for frame in frames:
             job.utterance.produced_ms += frame.duration_ms
-            self._push(SendFrame(frame, job.utterance, job.index))
+            self._push(SendFrame(frame, job.utterance, index))
 
     def _maybe_done(self, u: Utterance) -> None:
         if u.ended and u.active is None and not u.pending and u.live:
-            self._push(SendDone(u))
-            if self.utterance is u:
-                self.utterance = None
+            self._push(SendDone(u))  # the utterance stays current until its done is sent
 
     def compute_deadline(self, job: SegmentJob, now: float) -> float:
         """Earliest-deadline-first key: when the listener runs out of audio."""
@@ -361,6 +375,8 @@ class Session:
         if isinstance(item, SendFrame):
             item.utterance.sent_ms += item.frame.duration_ms
             item.utterance.heard.add(item.segment)
+        elif isinstance(item, SendDone) and self.utterance is item.utterance:
+            self.utterance = None
         return item
 
     def frame_sent(self, item: SendFrame, now: float) -> None:
@@ -371,6 +387,10 @@ class Session:
     def render_done(self, item: SendDone) -> dict[str, Any]:
         """The ``done`` message for a finished utterance, with its metrics."""
         return m.done_message(utterance_metrics(item.utterance))
+
+
+def _owner(item: Outbound) -> Utterance | None:
+    return item.utterance
 
 
 def utterance_metrics(u: Utterance) -> dict[str, Any]:

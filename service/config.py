@@ -79,7 +79,7 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         parser.add_argument(
             f"--{flag}",
             type=kind,
-            default=kind(value) if value is not None else None,
+            default=value,  # argparse converts string defaults with `type` and reports errors
             help=f"{help_text} (env {env_name(flag)}, default {default})",
         )
     ns = parser.parse_args(argv)

@@ -48,10 +48,18 @@ class EdfScheduler:
         ``fn`` has started it runs to completion in its thread.
         """
         await self._acquire(deadline)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-        finally:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread is still busy: the slot is free only when fn returns.
+            future.add_done_callback(lambda _: self._release())
+            raise
+        except BaseException:
             self._release()
+            raise
+        self._release()
+        return result
 
     async def _acquire(self, deadline: float) -> None:
         if self._free > 0 and not self._waiting:
@@ -65,7 +73,7 @@ class EdfScheduler:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self._release()  # we were handed a slot just as we were cancelled
-            else:
+            elif entry in self._waiting:  # a release may already have popped it
                 self._waiting.remove(entry)
                 heapq.heapify(self._waiting)
             raise
