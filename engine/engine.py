@@ -87,37 +87,40 @@ class Engine:
 
         ``voice`` is a ``.onnx`` file (it becomes the default voice) or a
         folder (treated as ``voices_dir``). Every voice in ``voices_dir`` is
-        loaded; one that fails is logged and listed in ``voice_errors`` while
-        the others serve. An explicitly named ``voice`` that fails raises
-        :class:`VoiceLoadError`. The bundled voice is loaded too unless
-        ``include_default`` is false.
+        loaded; one that fails (half-installed, corrupt) is logged and listed
+        in ``voice_errors`` while the others serve. An explicitly named
+        ``voice`` that fails raises :class:`VoiceLoadError`. The bundled voice
+        is loaded too unless ``include_default`` is false; it is the default
+        voice unless ``voice`` names another.
         """
         start = time.perf_counter()
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if voice is not None and Path(voice).is_dir():
             voices_dir, voice = voice, None
-        wanted: list[tuple[VoiceFiles, bool]] = []  # (files, must succeed)
+        # (model path, must succeed); the first that loads is the default voice
+        wanted: list[tuple[Path, bool]] = []
         if voice is not None:
-            wanted.append((voice_files(Path(voice)), True))
+            wanted.append((Path(voice), True))
+        if include_default or (voice is None and voices_dir is None):
+            wanted.append((default_voice_files().model, voice is None and voices_dir is None))
         if voices_dir is not None:
-            wanted += [(f, False) for f in find_voices(Path(voices_dir))]
-        if include_default or not wanted:
-            wanted.append((default_voice_files(), voice is None and voices_dir is None))
+            wanted += [(p, False) for p in find_voices(Path(voices_dir))]
         loaded: dict[str, PiperStreamingVoice] = {}
         errors: dict[str, str] = {}
-        for files, required in wanted:
-            if files.name in loaded:
+        for model, required in wanted:
+            name = model.name.removesuffix(".onnx")
+            if name in loaded:
                 continue
             try:
-                loaded[files.name] = _load_one(files, cache, threads, schedule)
+                loaded[name] = _load_one(voice_files(model), cache, threads, schedule)
             except VoiceLoadError as exc:
                 if required:
                     raise
-                log.error("engine: voice %s not loaded: %s", files.name, exc)
-                errors[files.name] = str(exc)
+                log.error("engine: voice %s not loaded: %s", name, exc)
+                errors[name] = str(exc)
         if not loaded:
             raise VoiceLoadError("no voice could be loaded: " + "; ".join(errors.values()))
-        default = wanted[0][0].name if wanted[0][0].name in loaded else next(iter(loaded))
+        default = next(iter(loaded))
         log.info("engine: ready, %d voice(s) in %.2f s", len(loaded), time.perf_counter() - start)
         return cls(loaded, default, errors)
 

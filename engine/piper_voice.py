@@ -130,7 +130,18 @@ class PiperStreamingVoice:
         options = session_options(threads)
         try:
             split = _timed(timings, "split", lambda: load_or_split(files.model, cache_dir, digest))
-            voice.stages = voice._open_stages(split, options, timings)
+            try:
+                voice.stages = voice._open_stages(split, options, timings)
+            except GraphSplitError:
+                raise
+            except Exception as exc:  # a damaged cache entry: split again, once
+                if not split.from_cache:
+                    raise
+                log.warning(
+                    "engine: %s: cached split unusable (%s); splitting again", files.name, exc
+                )
+                split = load_or_split(files.model, cache_dir, digest, refresh=True)
+                voice.stages = voice._open_stages(split, options, timings)
             try:
                 voice._verify(timings, against_original=not split.from_cache, options=options)
             except _VerifyError as exc:  # a voice with a wider receptive field: try once more
@@ -141,11 +152,17 @@ class PiperStreamingVoice:
                     flow_context=2 * voice.schedule.flow_context,
                 )
                 voice._verify(timings, against_original=False, options=options)
+            fallback = None
         except (GraphSplitError, _VerifyError) as exc:
-            voice._fall_back(str(exc), options, timings)
+            fallback = str(exc)
         except Exception as exc:  # corrupt model files surface here, from onnx or onnxruntime
             raise VoiceLoadError(f"{files.model}: cannot load voice model: {exc}") from exc
-        _timed(timings, "warm-up", voice._warm_up)
+        try:
+            if fallback is not None:
+                voice._fall_back(fallback, options, timings)
+            _timed(timings, "warm-up", voice._warm_up)
+        except Exception as exc:  # not a model onnxruntime can run as a Piper voice
+            raise VoiceLoadError(f"{files.model}: cannot load voice model: {exc}") from exc
         return voice
 
     def _open_stages(

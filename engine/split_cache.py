@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.shape_inference
 
 from engine.graph_split import SplitGraphs, split_piper_graph
 
+log = logging.getLogger("engine")
 SPLIT_FORMAT = 1
 STAGES = ("frontend", "flow", "vocoder")
 
@@ -56,23 +59,33 @@ def default_cache_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "cache"
 
 
-def load_or_split(model_path: Path, cache_dir: Path, digest: str) -> SplitFiles:
+def load_or_split(
+    model_path: Path, cache_dir: Path, digest: str, *, refresh: bool = False
+) -> SplitFiles:
     """Return the split stage files for ``model_path``, splitting on a cache miss.
 
+    A missing, damaged or old-format entry is a miss; ``refresh`` forces one.
     Raises ``GraphSplitError`` when the graph cannot be split, and ``OSError``
     or ``onnx`` errors when the model file cannot be read.
     """
     entry = cache_dir / digest
-    meta_path = entry / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") == SPLIT_FORMAT and all(
-            (entry / f"{s}.onnx").is_file() for s in STAGES
-        ):
-            return _files(entry, meta, from_cache=True)
-    split = split_piper_graph(onnx.load(str(model_path)))
+    if not refresh:
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            if meta["format"] == SPLIT_FORMAT and all(
+                (entry / f"{s}.onnx").is_file() for s in STAGES
+            ):
+                return _files(entry, meta, from_cache=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError):
+            pass  # a miss: split again below
+    model = onnx.load(str(model_path))
+    try:  # the Extractor needs shapes on intermediate tensors; exporters do not always keep them
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        log.warning("engine: shape inference failed for %s: %s", model_path.name, exc)
+    split = split_piper_graph(model)
     _write_entry(cache_dir, entry, split)
-    return _files(entry, json.loads(meta_path.read_text()), from_cache=False)
+    return _files(entry, json.loads((entry / "meta.json").read_text()), from_cache=False)
 
 
 def _write_entry(cache_dir: Path, entry: Path, split: SplitGraphs) -> None:

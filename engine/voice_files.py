@@ -51,16 +51,16 @@ def voice_files(model: Path) -> VoiceFiles:
     return VoiceFiles(name=model.name.removesuffix(".onnx"), model=model, config=config)
 
 
-def find_voices(folder: Path) -> list[VoiceFiles]:
-    """Every ``*.onnx`` voice in ``folder`` (not recursive), sorted by name.
+def find_voices(folder: Path) -> list[Path]:
+    """Every ``*.onnx`` model in ``folder`` (not recursive), sorted by name.
 
-    Raises :class:`VoiceLoadError` if the folder does not exist. A model whose
-    config is missing is reported by raising too: a half-installed voice should
-    be noticed, not silently skipped.
+    Raises :class:`VoiceLoadError` if the folder does not exist. Models are
+    listed whether or not their config is there: :func:`voice_files` then
+    reports a half-installed voice, so it is noticed rather than skipped.
     """
     if not folder.is_dir():
         raise VoiceLoadError(f"{folder}: voices folder not found")
-    return [voice_files(p) for p in sorted(folder.glob("*.onnx"))]
+    return sorted(folder.glob("*.onnx"))
 
 
 def read_config(files: VoiceFiles) -> dict[str, Any]:
@@ -75,6 +75,6 @@ def read_config(files: VoiceFiles) -> dict[str, Any]:
         if key not in config:
             raise VoiceLoadError(f"{files.config}: voice config has no '{key}' section")
     rate = config["audio"].get("sample_rate") if isinstance(config["audio"], dict) else None
-    if not isinstance(rate, int) or rate <= 0:
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
         raise VoiceLoadError(f"{files.config}: audio.sample_rate must be a positive integer")
     return config
