@@ -31,6 +31,7 @@ from websockets.typing import Origin
 
 from engine import Engine
 from protocol import messages as m
+from protocol.auth import token_matches
 from protocol.session import Limits, SegmentJob, SendDone, SendFrame, SendJson, Session
 from service import http
 from service.config import Config, parse_config
@@ -82,7 +83,8 @@ class App:
             if not self.ready:
                 return http.text(503, "draining" if self.draining else "loading")
             token = parse_qs(parts.query).get("token", [None])[0]
-            if token is not None and token != self.config.token:
+            expected = self.config.token
+            if expected is not None and token is not None and not token_matches(token, expected):
                 return http.text(401, "wrong token")
             return None  # go on with the WebSocket handshake
         return http.static_file(path)
@@ -127,7 +129,7 @@ class App:
                 lookahead_ms=c.lookahead_ms,
             ),
             token=c.token,
-            authenticated=c.token is None or query_token == c.token,
+            authenticated=c.token is None or token_matches(query_token, c.token),
         )
         self.sessions.add(session)
         self.metrics.active.set(len(self.sessions))
@@ -174,14 +176,18 @@ class _Link:
             now = time.monotonic()
             deadline = s.flush_deadline()
             idle_at = last_activity + c.idle_timeout
-            wait = max(0.0, min(deadline if deadline is not None else idle_at, idle_at) - now)
+            wake_at = min(deadline if deadline is not None else idle_at, idle_at)
+            # Never 0: on Python 3.11 wait_for(..., 0) cancels recv() before it runs.
+            wait = max(0.005, wake_at - now)
             try:
                 frame = await asyncio.wait_for(self.conn.recv(), timeout=wait)
             except TimeoutError:
                 now = time.monotonic()
-                if s.utterance is None and now >= idle_at:
-                    await self.conn.close(1000, "idle timeout")
-                    return
+                if now >= idle_at:
+                    if s.utterance is None:
+                        await self.conn.close(1000, "idle timeout")
+                        return
+                    last_activity = now  # an utterance in progress is not idle
                 s.on_flush_deadline(now)
                 self._kick()
                 continue
@@ -325,7 +331,8 @@ async def main(config: Config) -> int:
         config.host,
         config.port,
         process_request=app.process_request,
-        origins=[Origin(o) for o in config.origins] or None,
+        # Browsers always send Origin; non-browser clients (CLI, bots) send none and are allowed.
+        origins=[*(Origin(o) for o in config.origins), None] if config.origins else None,
         compression=None,
         max_size=config.max_message_bytes,
         max_queue=16,

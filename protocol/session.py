@@ -29,6 +29,7 @@ from engine.engine import pause_after_ms
 from engine.output import OutputStream, faded
 from engine.splitter import SentenceSplitter
 from protocol import messages as m
+from protocol.auth import token_matches
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class Session:
 
     def _start(self, msg: m.Start) -> None:
         if self._token is not None and not self._authenticated:
-            if msg.token != self._token:
+            if not token_matches(msg.token, self._token):
                 self._error("unauthorized", "missing or wrong token")
                 self.close_request = (1008, "unauthorized")
                 return
@@ -237,6 +238,8 @@ class Session:
 
     def _release(self, u: Utterance, segments: list[str], now: float) -> None:
         for text in segments:
+            if not text.strip():
+                continue  # whitespace only: nothing to say, no segment, no pause
             index = len(u.segments)
             u.segments.append(text)
             u.pending.append(SegmentJob(u, index, text, now))
