@@ -153,13 +153,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: server.py _Link._receive_loop: with an utterance open past --idle-timeout, "
-    "wait is 0 and asyncio.wait_for(recv(), 0) times out before recv runs: the loop spins "
-    "at 100% CPU, reads no more messages (cancel ignored), never sees the client leave "
-    "(session leaks) and SIGTERM never finishes",
-)
 async def test_open_utterance_past_idle_timeout_keeps_serving(
     server_factory: ServerFactory,
 ) -> None:
