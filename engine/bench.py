@@ -59,9 +59,11 @@ def _first_and_total(
 
 
 def run(repeats: int, threads: int) -> dict[str, Any]:
+    import onnxruntime as ort
     from piper import PiperVoice
 
     from engine import Engine
+    from engine.piper_voice import session_options
     from engine.voice_files import default_voice_files
 
     files = default_voice_files()
@@ -77,6 +79,10 @@ def run(repeats: int, threads: int) -> dict[str, Any]:
 
     first_call = _first_and_total(ours(SHORT[0]))[0]
     piper = PiperVoice.load(str(files.model))
+    if threads:  # same onnxruntime threads for both, or the ratio measures the thread count
+        piper.session = ort.InferenceSession(
+            str(files.model), session_options(threads), providers=["CPUExecutionProvider"]
+        )
 
     def theirs(text: str) -> Callable[[], Iterator[np.ndarray[Any, Any]]]:
         return lambda: (c.audio_float_array for c in piper.synthesize(text))

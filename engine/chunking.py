@@ -9,10 +9,14 @@ docs/engine.md): the HiFi-GAN vocoder's output is exact (max abs diff ~4e-6)
 from 10 frames of context each side, so 12 is used; the flow is exact from
 28-32 frames, so 32 is used. Each vocoder call costs ~1.5 ms + 0.33 ms per
 frame, each flow call ~7 ms + 0.065 ms per frame. So the first chunk is small
-(16 frames = 186 ms of audio, decoded in ~10 ms), and the next one is 8x
-larger (so a short sentence is two chunks and pays one boundary), capped at
-256 frames so one call never holds a worker for much more than ~90 ms.
-A tail shorter than 32 frames joins the chunk before it.
+(16 frames = 186 ms of audio, decoded in ~10 ms). Each later chunk is 3x the
+one before (48, 144, 256): the next chunk must be computed while the one
+before plays, on one thread of a loaded machine, and the resampler holds back
+up to ~50 ms of the first chunk, so the second chunk is kept small enough
+(~60 ms of compute) to arrive well inside that margin. The cap of 256 frames
+keeps any one call under ~100 ms so a new session's first chunk never waits
+long for a worker. A tail shorter than 32 frames joins the chunk before it.
+The flow runs ahead at least ``flow_ahead_frames`` per call after the first.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ class ChunkSchedule:
     """
 
     first_frames: int = 16
-    growth: float = 8.0
+    growth: float = 3.0
     max_frames: int = 256
     min_tail_frames: int = 32
     vocoder_context: int = 12
     flow_context: int = 32
+    flow_ahead_frames: int = 128
 
     def __post_init__(self) -> None:
         if self.first_frames < 1 or self.max_frames < self.first_frames:

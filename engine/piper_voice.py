@@ -321,7 +321,7 @@ class PiperStreamingVoice:
         timed = [n for n in s.files.flow_inputs if n in s.time_axis]
         total = int(latents[timed[0]].shape[-1])
         flowed: dict[str, np.ndarray[Any, Any]] = {}
-        progress = FlowProgress(total, plan.flow_context, min_frames=plan.max_frames)
+        progress = FlowProgress(total, plan.flow_context, min_frames=plan.flow_ahead_frames)
         for start, end in plan.chunks(total):
             lo, hi = plan.vocoder_window(start, end, total)
             for f_lo, f_hi, keep_from, keep_to in progress.windows_until(hi):
