@@ -51,15 +51,17 @@ def test_chunks_tile_the_sequence(schedule: ChunkSchedule, total: int) -> None:
 
 def test_default_schedule_is_small_first_then_large() -> None:
     plan = ChunkSchedule()
-    assert plan.chunks(16 + 128 + 256 + 256 + 40) == [
+    assert plan.chunks(16 + 48 + 144 + 256 + 256 + 40) == [
         (0, 16),
-        (16, 144),
-        (144, 400),
-        (400, 656),
-        (656, 696),
+        (16, 64),
+        (64, 208),
+        (208, 464),
+        (464, 720),
+        (720, 760),
     ]
     assert plan.chunks(40) == [(0, 40)]  # 16 + a 24-frame tail: merged
     assert plan.chunks(48) == [(0, 16), (16, 48)]
+    assert plan.chunks(80) == [(0, 16), (16, 80)]  # 16 + 48 + a 16-frame tail: merged
     assert plan.chunks(0) == []
 
 
