@@ -32,7 +32,15 @@ from websockets.typing import Origin
 from engine import Engine
 from protocol import messages as m
 from protocol.auth import token_matches
-from protocol.session import Limits, SegmentJob, SendDone, SendFrame, SendJson, Session
+from protocol.session import (
+    Limits,
+    Outbound,
+    SegmentJob,
+    SendDone,
+    SendFrame,
+    Session,
+    utterance_metrics,
+)
 from service import http
 from service.config import Config, parse_config
 from service.metrics import Metrics
@@ -41,6 +49,7 @@ from service.scheduler import EdfScheduler
 
 log = logging.getLogger("firstword")
 TTS_PATH = "/v1/tts"
+UNDERRUN_SLACK_S = 0.02  # a frame later than this past its playback time is an underrun
 
 
 @dataclass
@@ -194,7 +203,9 @@ class _Link:
             except ConnectionClosed:
                 return
             now = last_activity = time.monotonic()
-            if not self.bucket.take(now):
+            if self.bucket.take(now):
+                self.strikes = 0  # only a sustained flood closes the connection
+            else:
                 self.strikes += 1
                 self.app.metrics.errors.labels("rate_limited").inc()
                 if self.strikes > self.bucket.burst:
@@ -244,35 +255,39 @@ class _Link:
                 return
             except ConnectionClosed:
                 return
-            now = time.monotonic()
-            if isinstance(item, SendFrame):
-                u = item.utterance
-                if (
-                    u.first_frame_at is not None
-                    and now > u.first_frame_at + (u.sent_ms - item.frame.duration_ms) / 1000 + 0.05
-                ):
-                    metrics.underruns.inc()
-                s.frame_sent(item, now)
-                metrics.frames.inc()
-                metrics.audio_seconds.inc(item.frame.duration_ms / 1000)
-            elif isinstance(item, SendDone):
-                self._record_done(json.loads(payload)["metrics"])
-            elif isinstance(item, SendJson) and item.message["type"] in ("error", "cancelled"):
-                kind = item.message["type"]
-                if kind == "error":
-                    metrics.errors.labels(item.message["code"]).inc()
-                else:
-                    metrics.utterances.labels("cancelled").inc()
+            self._sent(item, time.monotonic())
 
-    def _record_done(self, figures: dict[str, Any]) -> None:
-        metrics = self.app.metrics
-        metrics.utterances.labels("done").inc()
-        if figures["ttft_ms"] is not None:
-            metrics.ttft.observe(figures["ttft_ms"] / 1000)
-            metrics.ttfa_text.observe(figures["ttfa_from_first_text_ms"] / 1000)
-        if figures["rtf"] is not None:
-            metrics.rtf.observe(figures["rtf"])
-        log.info(json.dumps({"event": "utterance_done", "session": self.session.id, **figures}))
+    def _sent(self, item: Outbound, now: float) -> None:
+        """Bookkeeping after ``item`` was written: TTFT, underruns, metrics, log lines."""
+        metrics, s = self.app.metrics, self.session
+        if isinstance(item, SendFrame):
+            u = item.utterance
+            first = u.first_frame_at is None
+            if u.first_frame_at is not None:  # playback clock: starts with the first frame
+                due_at = u.first_frame_at + (u.sent_ms - item.frame.duration_ms) / 1000
+                if now > due_at + UNDERRUN_SLACK_S:
+                    metrics.underruns.inc()
+            s.frame_sent(item, now)
+            metrics.frames.inc()
+            metrics.audio_seconds.inc(item.frame.duration_ms / 1000)
+            if first:  # TTFT is known now, whether the utterance ends in done or cancelled
+                figures = utterance_metrics(u)
+                if figures["ttft_ms"] is not None:
+                    metrics.ttft.observe(figures["ttft_ms"] / 1000)
+                metrics.ttfa_text.observe(figures["ttfa_from_first_text_ms"] / 1000)
+        elif isinstance(item, SendDone):
+            figures = utterance_metrics(item.utterance)
+            metrics.utterances.labels("done").inc()
+            if figures["rtf"] is not None:
+                metrics.rtf.observe(figures["rtf"])
+            log.info(json.dumps({"event": "utterance_done", "session": s.id, **figures}))
+        elif item.message["type"] == "error":
+            metrics.errors.labels(item.message["code"]).inc()
+        elif item.message["type"] == "cancelled" and item.utterance is not None:
+            metrics.utterances.labels("cancelled").inc()
+            figures = utterance_metrics(item.utterance)
+            figures["audio_sent_ms"] = item.message["audio_sent_ms"]
+            log.info(json.dumps({"event": "utterance_cancelled", "session": s.id, **figures}))
 
     async def _produce_loop(self) -> None:
         s = self.session
@@ -363,7 +378,7 @@ async def main(config: Config) -> int:
         log.error("preload failed: %s", exc)
         server.close()
         return 1
-    app.scheduler = EdfScheduler(config.workers)
+    app.scheduler = EdfScheduler(config.workers, urgent_slots=config.urgent_workers)
     app.metrics.ready.set(1)
     log.info(
         "ready in %.2f s: %d voice(s), %d workers",

@@ -269,7 +269,7 @@ class Session:
         spoken = "".join(t for i, t in enumerate(u.segments) if i in heard)
         unspoken = "".join(t for i, t in enumerate(u.segments) if i not in heard)
         unspoken += u.splitter.pending
-        self._push(SendJson(m.cancelled_message(sent_ms, spoken.strip(), unspoken.strip())))
+        self._push(SendJson(m.cancelled_message(sent_ms, spoken.strip(), unspoken.strip()), u))
 
     def _error(self, code: m.ErrorCode, message: str) -> None:
         self._push(SendJson(m.error_message(m.ProtocolError(code, message))))

@@ -19,6 +19,7 @@ class Config:
     voices: str | None
     max_sessions: int
     workers: int
+    urgent_workers: int
     threads: int
     origins: tuple[str, ...]
     token: str | None
@@ -46,6 +47,12 @@ _FLAGS: list[tuple[str, type, object, str]] = [
     ),
     ("max-sessions", int, 32, "open sessions at most; more are closed with 1013"),
     ("workers", int, os.cpu_count() or 1, "engine worker threads (one per core is best)"),
+    (
+        "urgent-workers",
+        int,
+        1,
+        "extra engine threads only for chunks a listener needs within 150 ms",
+    ),
     ("threads", int, 1, "onnxruntime threads per engine call"),
     ("origins", str, "", "comma-separated allowed Origin values; empty allows any"),
     ("token", str, None, "require this token (query ?token= or start.token)"),
@@ -93,6 +100,7 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         voices=ns.voices,
         max_sessions=ns.max_sessions,
         workers=ns.workers,
+        urgent_workers=ns.urgent_workers,
         threads=ns.threads,
         origins=origins,
         token=ns.token or None,

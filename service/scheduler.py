@@ -2,10 +2,17 @@
 
 Every engine call (one chunk of one session) goes through
 :meth:`EdfScheduler.run` with a deadline: the moment that session's listener
-would run out of audio. When more calls wait than there are workers, the one
-with the earliest deadline runs next, so a new session's first chunk (its
-deadline is already due) jumps ahead of sessions with seconds buffered.
-Calls run in a thread pool; the event loop never runs the engine.
+would run out of audio (``time.monotonic`` seconds). When more calls wait than
+there are workers, the one with the earliest deadline runs next, so a new
+session's first chunk (its deadline is already due) jumps ahead of sessions
+with seconds buffered. Calls run in a thread pool; the event loop never runs
+the engine.
+
+Calls cannot be pre-empted, so an urgent call could still wait for a long
+one to finish. ``urgent_slots`` extra workers are therefore reserved for calls
+due within ``urgent_within`` seconds: a listener about to run dry gets a
+thread at once (sharing the cores briefly) instead of waiting ~100 ms behind
+a large chunk of a session that has seconds buffered.
 """
 
 from __future__ import annotations
@@ -13,23 +20,35 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
+Slot = Literal["normal", "urgent"]
 
 
 class EdfScheduler:
-    """``workers`` engine slots handed out by earliest deadline (ties: arrival order)."""
+    """``workers`` engine slots by earliest deadline, plus ``urgent_slots`` for due calls."""
 
-    def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError("workers must be >= 1")
+    def __init__(
+        self,
+        workers: int,
+        *,
+        urgent_slots: int = 1,
+        urgent_within: float = 0.15,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if workers < 1 or urgent_slots < 0:
+            raise ValueError("workers must be >= 1 and urgent_slots >= 0")
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
-        self._free = workers
-        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.urgent_slots = urgent_slots
+        self.urgent_within = urgent_within
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(workers + urgent_slots, thread_name_prefix="engine")
+        self._free: dict[Slot, int] = {"normal": workers, "urgent": urgent_slots}
+        self._waiting: list[tuple[float, int, asyncio.Future[Slot]]] = []
         self._order = itertools.count()
 
     @property
@@ -39,52 +58,74 @@ class EdfScheduler:
 
     @property
     def busy(self) -> int:
-        return self.workers - self._free
+        """Calls running now."""
+        return self.workers + self.urgent_slots - sum(self._free.values())
 
     async def run(self, deadline: float, fn: Callable[[], T]) -> T:
         """Run ``fn`` in a worker once it is this call's turn; return its result.
 
         Cancelling the awaiting task while it waits gives up its place; once
-        ``fn`` has started it runs to completion in its thread.
+        ``fn`` has started it runs to completion in its thread and its slot is
+        free only when it returns.
         """
-        await self._acquire(deadline)
+        slot = await self._acquire(deadline)
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
-            # The thread is still busy: the slot is free only when fn returns.
-            future.add_done_callback(lambda _: self._release())
+            future.add_done_callback(lambda _: self._release(slot))
             raise
         except BaseException:
-            self._release()
+            self._release(slot)
             raise
-        self._release()
+        self._release(slot)
         return result
 
-    async def _acquire(self, deadline: float) -> None:
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def _due(self, deadline: float) -> bool:
+        return deadline - self._clock() <= self.urgent_within
+
+    async def _acquire(self, deadline: float) -> Slot:
+        if self._free["normal"] > 0 and not self._waiting:
+            self._free["normal"] -= 1
+            return "normal"
+        if self._free["urgent"] > 0 and self._due(deadline):
+            self._free["urgent"] -= 1
+            return "urgent"
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Slot] = loop.create_future()
         entry = (deadline, next(self._order), future)
         heapq.heappush(self._waiting, entry)
+        if self.urgent_slots:  # when this call falls due, a free urgent slot may take it
+            loop.call_later(max(0.0, deadline - self.urgent_within - self._clock()), self._promote)
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._release()  # we were handed a slot just as we were cancelled
+                self._release(future.result())  # handed a slot just as we were cancelled
             elif entry in self._waiting:  # a release may already have popped it
                 self._waiting.remove(entry)
                 heapq.heapify(self._waiting)
             raise
 
-    def _release(self) -> None:
-        while self._waiting:
-            _, _, future = heapq.heappop(self._waiting)
-            if not future.done():
-                future.set_result(None)
+    def _release(self, slot: Slot) -> None:
+        """Hand ``slot`` to the earliest waiter that may use it, else free it."""
+        self._free[slot] += 1
+        self._hand_out(slot)
+
+    def _promote(self) -> None:
+        self._hand_out("urgent")
+
+    def _hand_out(self, slot: Slot) -> None:
+        while self._free[slot] > 0 and self._waiting:
+            deadline, _, future = self._waiting[0]
+            if future.done():
+                heapq.heappop(self._waiting)
+                continue
+            if slot == "urgent" and not self._due(deadline):
                 return
-        self._free += 1
+            heapq.heappop(self._waiting)
+            self._free[slot] -= 1
+            future.set_result(slot)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -25,7 +25,7 @@ def gate() -> Iterator[threading.Event]:
 
 @pytest.fixture
 def sched() -> Iterator[EdfScheduler]:
-    scheduler = EdfScheduler(1)
+    scheduler = EdfScheduler(1, urgent_slots=0)
     yield scheduler
     scheduler.shutdown()
 
@@ -218,7 +218,7 @@ async def test_exception_propagates_and_releases_the_slot(
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 async def test_concurrency_never_exceeds_workers(workers: int) -> None:
-    sched = EdfScheduler(workers)
+    sched = EdfScheduler(workers, urgent_slots=0)
     lock = threading.Lock()
     running = 0
     peak = 0
@@ -241,7 +241,7 @@ async def test_concurrency_never_exceeds_workers(workers: int) -> None:
 
 
 async def test_deadline_order_with_two_workers(gate: threading.Event) -> None:
-    sched = EdfScheduler(2)
+    sched = EdfScheduler(2, urgent_slots=0)
     try:
         first, _ = await hold(sched, gate)
         second, _ = await hold(sched, gate)
@@ -259,3 +259,65 @@ async def test_deadline_order_with_two_workers(gate: threading.Event) -> None:
     assert order.index("1.0") < order.index("3.0")
     assert order.index("2.0") < order.index("3.0") or len(order) == 3
     assert sorted(order) == ["1.0", "2.0", "3.0"]
+
+
+# ------------------------------------------------------------------ urgent slot
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_due_call_takes_the_urgent_slot_while_workers_are_busy(gate: threading.Event) -> None:
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
+    try:
+        holder = Holder(gate)
+        held = asyncio.create_task(s.run(clock.now + 10, holder))
+        await until(holder.started.is_set)
+        order: list[str] = []
+        # A call with seconds of slack waits; a due one runs at once on the urgent slot.
+        relaxed = asyncio.create_task(s.run(clock.now + 5.0, recorder(order, "relaxed")))
+        due = asyncio.create_task(s.run(clock.now + 0.05, recorder(order, "due")))
+        assert await asyncio.wait_for(due, TIMEOUT) == "due"
+        assert order == ["due"] and not relaxed.done() and s.queued == 1
+        gate.set()
+        assert await asyncio.wait_for(relaxed, TIMEOUT) == "relaxed"
+        assert await held == "held"
+        assert s.busy == 0
+    finally:
+        s.shutdown()
+
+
+async def test_urgent_slot_is_never_used_by_calls_with_slack(gate: threading.Event) -> None:
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
+    try:
+        holder = Holder(gate)
+        held = asyncio.create_task(s.run(clock.now, holder))
+        await until(holder.started.is_set)
+        waiting = asyncio.create_task(s.run(clock.now + 3.0, recorder([], "later")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and s.busy == 1
+        gate.set()
+        assert await asyncio.wait_for(waiting, TIMEOUT) == "later"
+        await held
+    finally:
+        s.shutdown()
+
+
+async def test_waiter_that_falls_due_is_promoted_to_the_urgent_slot(gate: threading.Event) -> None:
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15)  # real clock: waits 0.1 s
+    try:
+        holder = Holder(gate)
+        held = asyncio.create_task(s.run(time.monotonic(), holder))
+        await until(holder.started.is_set)
+        waiting = asyncio.create_task(s.run(time.monotonic() + 0.25, recorder([], "promoted")))
+        assert await asyncio.wait_for(waiting, TIMEOUT) == "promoted"
+        assert not holder.finished.is_set()  # it ran while the normal worker was still held
+        gate.set()
+        await held
+    finally:
+        s.shutdown()
