@@ -49,7 +49,6 @@ from service.scheduler import EdfScheduler
 
 log = logging.getLogger("firstword")
 TTS_PATH = "/v1/tts"
-UNDERRUN_SLACK_S = 0.02  # a frame later than this past its playback time is an underrun
 
 
 @dataclass
@@ -263,11 +262,8 @@ class _Link:
         if isinstance(item, SendFrame):
             u = item.utterance
             first = u.first_frame_at is None
-            if u.first_frame_at is not None:  # playback clock: starts with the first frame
-                due_at = u.first_frame_at + (u.sent_ms - item.frame.duration_ms) / 1000
-                if now > due_at + UNDERRUN_SLACK_S:
-                    metrics.underruns.inc()
-            s.frame_sent(item, now)
+            if s.frame_sent(item, now):
+                metrics.underruns.inc()
             metrics.frames.inc()
             metrics.audio_seconds.inc(item.frame.duration_ms / 1000)
             if first:  # TTFT is known now, whether the utterance ends in done or cancelled

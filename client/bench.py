@@ -366,16 +366,28 @@ async def _capacity_run(opts: Options, n: int, runs: list[dict[str, Any]]) -> di
 
 # ------------------------------------------------------------------ raw limit
 def raw_limit(duration_s: float, threads: int | None = None) -> dict[str, Any]:
-    """Engine throughput without the server: real-time streams = audio seconds / wall seconds.
+    """The machine's raw limit: one-shot synthesis throughput, in real-time streams.
 
-    One thread per core (or ``threads``), each running one-shot synthesis of
-    ``TEXTS`` (every chunk consumed, the pauses between sentences counted as
-    the server sends them) until ``duration_s`` has passed; a thread stops
-    after the chunk that crosses the deadline.
+    No server and no streaming: one thread per core (or ``threads``), each
+    running piper's own ``PiperVoice.synthesize`` (the whole sentence in one
+    onnxruntime call, one intra-op thread per call) over ``TEXTS`` until
+    ``duration_s`` has passed. Real-time streams = audio seconds produced /
+    wall seconds. Pauses are not counted: this is what the model itself yields.
     """
-    from engine import Engine  # heavy (onnxruntime): only for --raw-limit
+    import onnxruntime as ort  # heavy: only for --raw-limit
+    from piper import PiperVoice
 
-    engine = Engine.load()
+    from engine.piper_voice import session_options
+    from engine.voice_files import default_voice_files
+
+    files = default_voice_files()
+    voice = PiperVoice.load(str(files.model))
+    voice.session = ort.InferenceSession(
+        str(files.model), session_options(1), providers=["CPUExecutionProvider"]
+    )
+    rate = voice.config.sample_rate
+    for _ in voice.synthesize("Warm up."):
+        pass
     count = threads or os.cpu_count() or 1
     audio_s = [0.0] * count
     started = time.perf_counter()
@@ -384,8 +396,8 @@ def raw_limit(duration_s: float, threads: int | None = None) -> dict[str, Any]:
     def work(slot: int) -> None:
         turn = slot
         while time.perf_counter() < deadline:
-            for chunk in engine.stream(TEXTS[turn % len(TEXTS)]):
-                audio_s[slot] += chunk.duration_ms / 1000.0
+            for chunk in voice.synthesize(TEXTS[turn % len(TEXTS)]):
+                audio_s[slot] += len(chunk.audio_float_array) / rate
                 if time.perf_counter() >= deadline:
                     break
             turn += 1

@@ -31,6 +31,8 @@ from engine.splitter import SentenceSplitter
 from protocol import messages as m
 from protocol.auth import token_matches
 
+UNDERRUN_SLACK_S = 0.02
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -83,6 +85,12 @@ class Utterance:
     synth_s: float = 0.0
     first_trigger_at: float | None = None
     first_frame_at: float | None = None
+    stall_s: float = 0.0  # the listener's clock stalled this long waiting for late frames
+    underruns: int = 0
+
+    def playback_origin(self) -> float | None:
+        """When the listener's playback clock would have started, stalls included."""
+        return None if self.first_frame_at is None else self.first_frame_at + self.stall_s
 
 
 @dataclass(frozen=True)
@@ -353,14 +361,16 @@ class Session:
     def compute_deadline(self, job: SegmentJob, now: float) -> float:
         """Earliest-deadline-first key: when the listener runs out of audio."""
         u = job.utterance
-        if u.first_frame_at is None:
+        origin = u.playback_origin()
+        if origin is None:
             return job.trigger_at
-        return u.first_frame_at + u.produced_ms / 1000.0
+        return origin + u.produced_ms / 1000.0
 
     def compute_wait(self, job: SegmentJob, now: float) -> float:
         """Seconds to wait before computing more of ``job``: bounds audio ahead of playback."""
         u = job.utterance
-        played = (now - u.first_frame_at) * 1000.0 if u.first_frame_at is not None else 0.0
+        origin = u.playback_origin()
+        played = (now - origin) * 1000.0 if origin is not None else 0.0
         ahead = u.produced_ms - played
         if u.produced_ms - u.sent_ms > self.limits.max_unsent_ms:
             return 0.05  # the client is not reading: pause until it does
@@ -382,10 +392,25 @@ class Session:
             self.utterance = None
         return item
 
-    def frame_sent(self, item: SendFrame, now: float) -> None:
-        """``item`` was written to the socket at ``now``."""
-        if item.utterance.first_frame_at is None:
-            item.utterance.first_frame_at = now
+    def frame_sent(self, item: SendFrame, now: float) -> bool:
+        """``item`` was written to the socket at ``now``; True if it was an underrun.
+
+        The listener's playback clock starts at the first frame and plays frames
+        back to back; a frame written more than ``UNDERRUN_SLACK_S`` after the
+        clock needs it is an underrun, and the clock stalls until it arrives.
+        """
+        u = item.utterance
+        if u.first_frame_at is None:
+            u.first_frame_at = now
+            return False
+        origin = u.playback_origin()
+        assert origin is not None
+        late = now - (origin + (u.sent_ms - item.frame.duration_ms) / 1000.0)
+        if late <= UNDERRUN_SLACK_S:
+            return False
+        u.stall_s += late  # like the listener, wait for the frame, then play on from it
+        u.underruns += 1
+        return True
 
     def render_done(self, item: SendDone) -> dict[str, Any]:
         """The ``done`` message for a finished utterance, with its metrics."""
@@ -415,4 +440,5 @@ def utterance_metrics(u: Utterance) -> dict[str, Any]:
         "synth_ms": round(synth_ms, 1),
         "rtf": round(synth_ms / audio_ms, 4) if audio_ms else None,
         "segments": len(u.segments),
+        "underruns": u.underruns,
     }

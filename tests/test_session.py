@@ -995,3 +995,47 @@ def test_fuzz_no_exception_and_no_text_lost(ops: list[tuple[Any, ...]], seed: in
     assert h.s.utterance is None
     assert not h.s.outbound
     check_fuzz_wire(h, model)
+
+
+# ----------------------------------------------------------------- underruns
+def frames_of(h: Harness, at: float) -> list[bool]:
+    """Send every queued frame at time ``at``; True for each that was an underrun."""
+    late: list[bool] = []
+    while (item := h.s.pop_outbound()) is not None:
+        if isinstance(item, SendFrame):
+            late.append(h.s.frame_sent(item, at))
+    return late
+
+
+def test_frames_in_time_are_no_underrun_and_a_late_one_stalls_the_clock() -> None:
+    h = Harness()
+    h.send(m.Start(frame_ms=20, sample_rate=22050))
+    h.text("One sentence here. ", at=0.0)
+    h.text("Another one. ", at=0.0)
+    job = h.s.next_job()
+    assert job is not None
+    h.s.deliver_audio(job, constant(441 * 10), 0.01)  # 10 frames = 200 ms
+    assert frames_of(h, at=1.0) == [False] * 10  # first frame starts the clock at t=1.0
+    h.s.deliver_audio(job, constant(441 * 5), 0.01)  # frames due at 1.2 .. 1.28
+    assert frames_of(h, at=1.19) == [False] * 5  # early is fine
+    h.s.deliver_audio(job, constant(441 * 5), 0.01)  # due at 1.3: arrives 0.2 s late
+    late = frames_of(h, at=1.5)
+    assert late[0] is True and not any(late[1:])  # the clock stalled, later frames are on time
+    h.s.finish_job(job)
+    h.send(m.End())
+    h.run_all()
+    h.pop(at=10.0)  # the second segment, very late: one more underrun
+    assert h.messages("done")[0]["metrics"]["underruns"] == 2
+
+
+def test_stall_moves_the_compute_deadline() -> None:
+    h = Harness()
+    h.text("Hello there. More. ", at=0.0)
+    job = h.s.next_job()
+    assert job is not None
+    h.s.deliver_audio(job, constant(441 * 10), 0.01)
+    frames_of(h, at=1.0)
+    before = h.s.compute_deadline(job, 1.0)
+    h.s.deliver_audio(job, constant(441 * 1), 0.01)
+    frames_of(h, at=2.0)  # due at 1.2, sent at 2.0: the listener waited 0.8 s
+    assert h.s.compute_deadline(job, 2.0) > before + 0.8
