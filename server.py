@@ -90,6 +90,9 @@ class App:
         if path == TTS_PATH:
             if not self.ready:
                 return http.text(503, "draining" if self.draining else "loading")
+            if self.config.when_full == "503" and len(self.sessions) >= self.config.max_sessions:
+                self.metrics.errors.labels("server_full").inc()
+                return http.text(503, "server full")  # a load balancer retries another replica
             token = parse_qs(parts.query).get("token", [None])[0]
             expected = self.config.token
             if expected is not None and token is not None and not token_matches(token, expected):
@@ -107,7 +110,7 @@ class App:
                     "name": name,
                     "language": v.language,
                     "sample_rate": v.sample_rate,
-                    "backend": "piper",
+                    "backend": v.backend,
                     "streaming": v.streaming,
                 }
                 for name, v in self.engine.voices.items()

@@ -88,6 +88,7 @@ class PiperStreamingVoice:
     load_seconds: dict[str, float] = field(default_factory=dict)
     verify_max_diff: float | None = None
     speaker_id: int | None = None
+    backend: str = "piper"
 
     @property
     def streaming(self) -> bool:

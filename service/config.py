@@ -18,6 +18,7 @@ class Config:
     voice: str | None
     voices: str | None
     max_sessions: int
+    when_full: str
     workers: int
     urgent_workers: int
     threads: int
@@ -46,6 +47,13 @@ _FLAGS: list[tuple[str, type, object, str]] = [
         "a folder of Piper voices (x.onnx + x.onnx.json) to load beside the default",
     ),
     ("max-sessions", int, 32, "open sessions at most; more are closed with 1013"),
+    (
+        "when-full",
+        str,
+        "1013",
+        "over --max-sessions: '1013' accepts then closes with 1013;"
+        " '503' refuses the handshake (a load balancer retries another replica)",
+    ),
     ("workers", int, os.cpu_count() or 1, "engine worker threads (one per core is best)"),
     (
         "urgent-workers",
@@ -92,6 +100,8 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
     ns = parser.parse_args(argv)
     if ns.workers < 1 or ns.threads < 1 or ns.max_sessions < 1:
         parser.error("--workers, --threads and --max-sessions must be >= 1")
+    if ns.when_full not in ("1013", "503"):
+        parser.error("--when-full must be 1013 or 503")
     origins = tuple(o.strip() for o in ns.origins.split(",") if o.strip())
     return Config(
         host=ns.host,
@@ -99,6 +109,7 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         voice=ns.voice,
         voices=ns.voices,
         max_sessions=ns.max_sessions,
+        when_full=ns.when_full,
         workers=ns.workers,
         urgent_workers=ns.urgent_workers,
         threads=ns.threads,
