@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8765
 
-.PHONY: run test lint bench bench-server clean
+.PHONY: run test lint bench bench-server cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,13 @@ bench: $(VENV)/.runtime
 	$(BIN)/python -m engine.bench
 
 bench-server: $(VENV)/.runtime
-	$(BIN)/python -m bench.load
+	$(BIN)/python -m client.bench --sessions 14 --duration 30
+
+# N replicas behind nginx on 127.0.0.1 until Ctrl-C (needs Debian's nginx: apt-get install nginx).
+REPLICAS     ?= 3
+CLUSTER_PORT ?= 8080
+cluster: $(VENV)/.runtime
+	$(BIN)/python -m scripts.cluster --replicas $(REPLICAS) --port $(CLUSTER_PORT)
 
 clean:
 	rm -rf $(VENV) models/cache .mypy_cache .ruff_cache .pytest_cache

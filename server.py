@@ -61,6 +61,7 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)
     sessions: set[Session] = field(default_factory=set)
     scheduler: EdfScheduler | None = None
+    links: set[_Link] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
@@ -80,6 +81,7 @@ class App:
             )
         if path == "/metrics":
             self.metrics.active.set(len(self.sessions))
+            self.metrics.tasks.set(len(asyncio.all_tasks()))
             if self.scheduler is not None:
                 self.metrics.queue.set(self.scheduler.queued)
             return http.response(
@@ -145,9 +147,11 @@ class App:
         self.sessions.add(session)
         self.metrics.active.set(len(self.sessions))
         link = _Link(self, conn, session)
+        self.links.add(link)
         try:
             await link.run()
         finally:
+            self.links.discard(link)
             self.sessions.discard(session)
             self.metrics.active.set(len(self.sessions))
 
@@ -163,6 +167,16 @@ class _Link:
         c = app.config
         self.bucket = TokenBucket(rate=c.rate_limit, burst=2 * c.rate_limit)
         self.strikes = 0
+        self.leaving = False  # closing with 1001 because the server drains
+
+    def leave_if_idle(self) -> asyncio.Task[None] | None:
+        """While draining: close with 1001 once nothing is in flight, so the client's next
+        utterance goes to another replica instead of failing with server_draining."""
+        s = self.session
+        if self.leaving or s.utterance is not None or s.outbound:
+            return None
+        self.leaving = True
+        return asyncio.create_task(self.conn.close(1001, "server shutting down"))
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._send_loop()), asyncio.create_task(self._produce_loop())]
@@ -303,7 +317,9 @@ class _Link:
         s, app = self.session, self.app
         assert app.engine is not None and app.scheduler is not None
         settings = job.utterance.settings
-        chunks = app.engine.voice(settings.voice).synthesize(job.text.strip(), settings.speed)
+        voice = app.engine.voice(settings.voice)
+        rate = voice.sample_rate
+        chunks = voice.synthesize(job.text.strip(), settings.speed)
 
         def step() -> tuple[Any, float]:
             start = time.perf_counter()
@@ -322,6 +338,7 @@ class _Link:
                 if chunk is None:
                     s.finish_job(job, seconds)
                     return
+                app.metrics.synthesized_seconds.inc(len(chunk) / rate)
                 s.deliver_audio(job, chunk, seconds)
                 self.wake_sender.set()
         except Exception as exc:
@@ -391,7 +408,9 @@ async def main(config: Config) -> int:
     log.info("draining: %d session(s), grace %.1f s", len(app.sessions), config.grace)
     deadline = time.monotonic() + config.grace
     # Polling is the simple way to watch many sessions at once; it ends at the deadline.
-    while time.monotonic() < deadline and any(s.utterance or s.outbound for s in app.sessions):  # noqa: ASYNC110
+    closing: list[asyncio.Task[None]] = []
+    while time.monotonic() < deadline and any(s.utterance or s.outbound for s in app.sessions):
+        closing += [t for link in list(app.links) if (t := link.leave_if_idle()) is not None]
         await asyncio.sleep(0.05)
     server.close(close_connections=True, code=1001, reason="server shutting down")
     await server.wait_closed()

@@ -55,6 +55,15 @@ class Metrics:
             "firstword_engine_queue", "Engine calls waiting for a worker", registry=r
         )
         self.ready = Gauge("firstword_ready", "1 when preloaded and not draining", registry=r)
+        # Reliability probes (tests/reliability): synthesized vs sent audio shows that a
+        # session whose client does not read stops synthesizing; the task count shows
+        # that connections which vanish leave no task behind.
+        self.synthesized_seconds = Counter(
+            "firstword_audio_synthesized_seconds",
+            "Audio computed by the engine (sent or not)",
+            registry=r,
+        )
+        self.tasks = Gauge("firstword_event_loop_tasks", "asyncio tasks alive", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

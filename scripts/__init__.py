@@ -1,0 +1,1 @@
+"""Developer tools that run beside the server (``python -m scripts.cluster``)."""
