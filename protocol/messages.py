@@ -117,11 +117,22 @@ def _parse_text(data: dict[str, Any], max_chars: int) -> Text | ProtocolError:
         return ProtocolError(
             "text_too_long", f"one text message may hold at most {max_chars} characters"
         )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+    if not _is_unicode(text):
         return ProtocolError("bad_field", "'text' contains lone surrogates (invalid Unicode)")
     return Text(_clean(text))
+
+
+def _is_unicode(value: str) -> bool:
+    """False for a string with lone surrogates (JSON allows ``"\\ud800"``; UTF-8 does not).
+
+    Such a string must not get past the parser: encoding it later (to compare
+    a token, to log or echo it) raises ``UnicodeEncodeError``.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _clean(text: str) -> str:
@@ -134,8 +145,8 @@ def _clean(text: str) -> str:
 def _parse_start(data: dict[str, Any]) -> Start | ProtocolError:
     fields: dict[str, Any] = {}
     voice = data.get("voice")
-    if voice is not None and not isinstance(voice, str):
-        return ProtocolError("bad_field", "'voice' must be a string")
+    if voice is not None and not (isinstance(voice, str) and _is_unicode(voice)):
+        return ProtocolError("bad_field", "'voice' must be a string (valid Unicode)")
     fields["voice"] = voice
     fmt = data.get("format")
     if fmt is not None and fmt not in ENCODINGS:
@@ -161,8 +172,9 @@ def _parse_start(data: dict[str, Any]) -> Start | ProtocolError:
         speed = float(speed)
     fields["speed"] = speed
     token = data.get("token")
-    if token is not None and not isinstance(token, str):
-        return ProtocolError("bad_field", "'token' must be a string")
+    # A lone surrogate here used to reach token_matches() and raise from str.encode().
+    if token is not None and not (isinstance(token, str) and _is_unicode(token)):
+        return ProtocolError("bad_field", "'token' must be a string (valid Unicode)")
     fields["token"] = token
     return Start(**fields)
 

@@ -341,8 +341,11 @@ class Session:
             return
         u.started.add(job.index)
         if job.index > 0 and u.produced_ms > 0:  # the pause belongs to the segment before
-            pause = u.output.silence(pause_after_ms(u.segments[job.index - 1]))
-            self._frames(job, pause, segment=job.index - 1)
+            # ... to the last one with audio: a segment that failed in between has none,
+            # and a pause labelled with it would make cancel report it as spoken.
+            before = max(i for i in u.started if i < job.index)
+            pause = u.output.silence(pause_after_ms(u.segments[before]))
+            self._frames(job, pause, segment=before)
         message = m.segment_message(job.index, job.text.strip(), u.produced_ms)
         self._push(SendJson(message, u))
 

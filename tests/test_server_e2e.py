@@ -328,8 +328,10 @@ async def test_done_metrics_are_present_and_sane(server: RunningServer) -> None:
         "synth_ms",
         "rtf",
         "segments",
+        "underruns",
     }
     assert metrics["segments"] == 3
+    assert isinstance(metrics["underruns"], int) and metrics["underruns"] >= 0
     assert 0 < metrics["ttft_ms"] <= metrics["ttfa_from_first_text_ms"] < 10_000
     assert metrics["audio_ms"] > 2000
     assert metrics["synth_ms"] > 0
