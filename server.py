@@ -41,7 +41,7 @@ from protocol.session import (
     Session,
     utterance_metrics,
 )
-from service import http
+from service import http, redact
 from service.config import Config, parse_config
 from service.metrics import Metrics
 from service.ratelimit import TokenBucket
@@ -49,6 +49,7 @@ from service.scheduler import EdfScheduler
 
 log = logging.getLogger("firstword")
 TTS_PATH = "/v1/tts"
+AUTH_TIMEOUT_S = 10.0  # a connection must present its token within this (with --token)
 
 
 @dataclass
@@ -119,18 +120,25 @@ class App:
             ],
         }
 
+    def count(self, authenticated: bool) -> int:
+        """Open sessions that have (or have not yet) authenticated."""
+        return sum(1 for s in self.sessions if s.authenticated == authenticated)
+
     # ----------------------------------------------------------- WebSocket
     async def handler(self, conn: ServerConnection) -> None:
         assert self.engine is not None and self.scheduler is not None
         if conn.request is None or urlsplit(conn.request.path).path != TTS_PATH:
             await conn.close(1008, "WebSocket endpoint is " + TTS_PATH)
             return
-        if len(self.sessions) >= self.config.max_sessions:
+        query_token = parse_qs(urlsplit(conn.request.path).query).get("token", [None])[0]
+        c = self.config
+        authenticated = c.token is None or token_matches(query_token, c.token)
+        # Sessions without their token yet have a cap of their own (and AUTH_TIMEOUT_S),
+        # so anonymous sockets cannot take the places of clients that hold the token.
+        if self.count(authenticated) >= c.max_sessions:
             self.metrics.errors.labels("server_full").inc()
             await conn.close(1013, "server full, try again later")
             return
-        query_token = parse_qs(urlsplit(conn.request.path).query).get("token", [None])[0]
-        c = self.config
         session = Session(
             uuid.uuid4().hex[:12],
             {name: v.sample_rate for name, v in self.engine.voices.items()},
@@ -142,7 +150,7 @@ class App:
                 lookahead_ms=c.lookahead_ms,
             ),
             token=c.token,
-            authenticated=c.token is None or token_matches(query_token, c.token),
+            authenticated=authenticated,
         )
         self.sessions.add(session)
         self.metrics.active.set(len(self.sessions))
@@ -196,11 +204,13 @@ class _Link:
 
     async def _receive_loop(self) -> None:
         s, c = self.session, self.app.config
-        last_activity = time.monotonic()
+        last_activity = opened = time.monotonic()
         while True:
             now = time.monotonic()
             deadline = s.flush_deadline()
             idle_at = last_activity + c.idle_timeout
+            if not s.authenticated:
+                idle_at = min(idle_at, opened + AUTH_TIMEOUT_S)
             wake_at = min(deadline if deadline is not None else idle_at, idle_at)
             # Never 0: on Python 3.11 wait_for(..., 0) cancels recv() before it runs.
             wait = max(0.005, wake_at - now)
@@ -209,6 +219,9 @@ class _Link:
             except TimeoutError:
                 now = time.monotonic()
                 if now >= idle_at:
+                    if not s.authenticated:
+                        await self._close_now(1008, "no token in time")
+                        return
                     if s.utterance is None:
                         await self.conn.close(1000, "idle timeout")
                         return
@@ -225,7 +238,7 @@ class _Link:
                 self.strikes += 1
                 self.app.metrics.errors.labels("rate_limited").inc()
                 if self.strikes > self.bucket.burst:
-                    await self.conn.close(1008, "message rate limit exceeded")
+                    await self._close_now(1008, "message rate limit exceeded")
                     return
                 s.receive(m.ProtocolError("rate_limited", "too many messages; slow down"), now)
                 self._kick()
@@ -233,12 +246,37 @@ class _Link:
             msg = m.parse_client_message(frame, max_text_chars=c.max_text_chars)
             if self.app.draining and isinstance(msg, m.Text) and s.utterance is None:
                 msg = m.ProtocolError("server_draining", "the server is shutting down; reconnect")
+            was_authenticated = s.authenticated
             s.receive(msg, now)
             self._kick()
             if s.close_request is not None:
                 await self._drain_outbound()
-                await self.conn.close(*s.close_request)
+                await self._close_now(*s.close_request)
                 return
+            if s.authenticated and not was_authenticated and self.app.count(True) > c.max_sessions:
+                self.app.metrics.errors.labels("server_full").inc()
+                await self._close_now(1013, "server full, try again later")
+                return
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        """Close, reading (and dropping) what the client still sends meanwhile.
+
+        A flooding client's queued frames would otherwise hide its close frame
+        behind websockets' full receive queue, and the close would take the
+        whole close timeout while the session keeps its place.
+        """
+
+        async def discard() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await self.conn.recv()
+
+        reader = asyncio.create_task(discard())
+        try:
+            await self.conn.close(code, reason)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _drain_outbound(self) -> None:
         """Give the sender up to a second to write what is queued (the error message)."""
@@ -345,13 +383,19 @@ class _Link:
             log.exception("synthesis failed in session %s", s.id)
             s.fail_job(job, f"synthesis failed: {type(exc).__name__}")
         finally:
-            chunks.close()
+            # Cancelled (client gone) while a worker thread is inside ``chunks``: the engine
+            # call runs on, so close() raises "generator already executing", which replaced
+            # the CancelledError (found by tests/reliability/test_vanishing.py). The worker
+            # drops the generator when its call returns; it is freed then.
+            with contextlib.suppress(ValueError):
+                chunks.close()
 
 
 async def main(config: Config) -> int:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    redact.install()  # tokens never reach a log line, whatever the level
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

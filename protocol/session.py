@@ -144,6 +144,11 @@ class Session:
         self._rate_explicit = False  # a start named sample_rate: keep it across voice changes
         self._ids = itertools.count()
 
+    @property
+    def authenticated(self) -> bool:
+        """True once a valid token was given (always, on a server without one)."""
+        return self._authenticated
+
     # ------------------------------------------------------------ client input
     def receive(self, msg: m.ClientMessage | m.ProtocolError, now: float) -> None:
         """Apply one parsed client message."""

@@ -190,14 +190,6 @@ async def test_refused_attempts_produce_no_audio_and_leave_no_session(
     print(f"\nFIGURES auth: {attempts} refused attempts, 0 audio frames, 0 sessions left")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (server.py App.handler): a connection without the token becomes a Session "
-    "counted against --max-sessions as soon as its handshake is accepted, and nothing closes "
-    "it before --idle-timeout (300 s) if it sends nothing (or only malformed frames, which "
-    "get errors but no 1008). --max-sessions anonymous sockets lock every client that has "
-    "the token out with 1013 for five minutes.",
-)
 async def test_anonymous_connections_cannot_lock_out_a_client_with_the_token(
     guarded: RunningServer,
 ) -> None:
@@ -250,13 +242,6 @@ async def test_tokens_never_appear_in_the_log(guarded: RunningServer) -> None:
     assert_no_token_in(guarded.log())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (server.py main(): serve() uses websockets' default logger): with "
-    "--log-level DEBUG, websockets logs the request line '< GET /v1/tts?token=...' and "
-    'every received frame (\'< TEXT {"type": "start", "token": ...}\'), so the token '
-    "is written to the log in clear text.",
-)
 async def test_tokens_never_appear_in_the_debug_log(chatty: RunningServer) -> None:
     await use_tokens(chatty)
     await asyncio.sleep(0.2)

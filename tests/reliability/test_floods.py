@@ -222,14 +222,6 @@ async def test_moderately_over_the_rate_gets_errors_but_keeps_the_connection(
     print(f"\nFIGURES rate limit, 5x for 1.5 s: {dict(answers)}, connection kept")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (server.py _Link._receive_loop): after a message flood the server calls "
-    "conn.close(1008) but no longer reads; the unread frames keep websockets' receive "
-    "queue (max_queue=16) full, reading stays paused, the client's close frame is never "
-    "read, and the close handshake waits close_timeout (5 s). Meanwhile the flooder still "
-    "counts against --max-sessions and the client sees the close only after 5 s.",
-)
 async def test_a_flooder_is_disconnected_promptly(limited: RunningServer) -> None:
     await no_sessions_open(limited.http)
     got, seconds, conn = await flood(limited.ws)
