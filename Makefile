@@ -17,8 +17,9 @@ $(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt requirements.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+# Tests cover the transformers VITS backend too: torch (CPU, pinned) and transformers.
+$(VENV)/.dev: requirements-dev.txt requirements.txt requirements-vits.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt -r requirements-vits.txt
 	touch $(VENV)/.runtime $@
 
 run: $(VENV)/.runtime
