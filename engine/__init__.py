@@ -1,4 +1,4 @@
-"""firstword engine: preloaded voices (Piper, transformers VITS) that stream audio while they decode.
+"""firstword engine: preloaded voices (Piper, transformers VITS) that stream while decoding.
 
 from engine import Engine
 eng = Engine.load()
