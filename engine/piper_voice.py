@@ -14,7 +14,6 @@ whole-sentence decoding with the original graph and says why in
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import onnxruntime as ort
 from piper import PiperVoice
 from piper.config import PiperConfig
 
+from engine.cache_entry import timed
 from engine.chunking import ChunkSchedule, FlowProgress
 from engine.graph_split import GraphSplitError
 from engine.split_cache import SplitFiles, file_sha256, load_or_split
@@ -48,13 +48,6 @@ def session_options(threads: int) -> ort.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return options
-
-
-def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
-    start = time.perf_counter()
-    result = fn()
-    timings[name] = time.perf_counter() - start
-    return result
 
 
 @dataclass
@@ -126,11 +119,11 @@ class PiperStreamingVoice:
             speaker_id=0 if piper_config.num_speakers > 1 else None,
             load_seconds=timings,
         )
-        _timed(timings, "phonemizer", lambda: voice.phoneme_ids(PROBE_TEXT))
-        digest = _timed(timings, "hash", lambda: _read(file_sha256, files.model))
+        timed(timings, "phonemizer", lambda: voice.phoneme_ids(PROBE_TEXT))
+        digest = timed(timings, "hash", lambda: _read(file_sha256, files.model))
         options = session_options(threads)
         try:
-            split = _timed(timings, "split", lambda: load_or_split(files.model, cache_dir, digest))
+            split = timed(timings, "split", lambda: load_or_split(files.model, cache_dir, digest))
             try:
                 voice.stages = voice._open_stages(split, options, timings)
             except GraphSplitError:
@@ -161,7 +154,7 @@ class PiperStreamingVoice:
         try:
             if fallback is not None:
                 voice._fall_back(fallback, options, timings)
-            _timed(timings, "warm-up", voice._warm_up)
+            timed(timings, "warm-up", voice._warm_up)
         except Exception as exc:  # not a model onnxruntime can run as a Piper voice
             raise VoiceLoadError(f"{files.model}: cannot load voice model: {exc}") from exc
         return voice
@@ -172,9 +165,9 @@ class PiperStreamingVoice:
         def open_session(path: Path) -> ort.InferenceSession:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-        frontend = _timed(timings, "frontend session", lambda: open_session(split.frontend))
-        flow = _timed(timings, "flow session", lambda: open_session(split.flow))
-        vocoder = _timed(timings, "vocoder session", lambda: open_session(split.vocoder))
+        frontend = timed(timings, "frontend session", lambda: open_session(split.frontend))
+        flow = timed(timings, "flow session", lambda: open_session(split.flow))
+        vocoder = timed(timings, "vocoder session", lambda: open_session(split.vocoder))
         stages = _Stages(frontend, flow, vocoder, split, frozenset())
         short, long = self._probe_ids()[:12], self._probe_ids()
         a = dict(
@@ -194,7 +187,7 @@ class PiperStreamingVoice:
         log.warning("engine: voice %s falls back to whole-sentence decoding: %s", self.name, reason)
         self.fallback_reason = reason
         self.stages = None
-        self.full = _timed(
+        self.full = timed(
             timings,
             "full session",
             lambda: ort.InferenceSession(
@@ -228,7 +221,7 @@ class PiperStreamingVoice:
             if not diff <= MAX_ABS_DIFF:
                 raise _VerifyError(f"chunked output differs from one-shot by {diff:.3g}")
 
-        _timed(timings, "verify", check)
+        timed(timings, "verify", check)
 
     def _warm_up(self) -> None:
         """Run the phonemizer and every stage, the latter at the largest window shapes.

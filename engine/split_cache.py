@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import onnx.shape_inference
 
+from engine.cache_entry import write_atomically
 from engine.graph_split import SplitGraphs, split_piper_graph
 
 log = logging.getLogger("engine")
@@ -89,11 +88,9 @@ def load_or_split(
 
 
 def _write_entry(cache_dir: Path, entry: Path, split: SplitGraphs) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=cache_dir))
-    try:
+    def fill(folder: Path) -> None:
         for stage in STAGES:
-            onnx.save(getattr(split, stage), str(tmp / f"{stage}.onnx"))
+            onnx.save(getattr(split, stage), str(folder / f"{stage}.onnx"))
         meta = {
             "format": SPLIT_FORMAT,
             "frontend_outputs": list(split.frontend_outputs),
@@ -102,13 +99,9 @@ def _write_entry(cache_dir: Path, entry: Path, split: SplitGraphs) -> None:
             "vocoder_inputs": list(split.vocoder_inputs),
             "audio_output": split.audio_output,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if entry.exists():
-            shutil.rmtree(entry)
-        tmp.rename(entry)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    write_atomically(cache_dir, entry, fill, prefix=".split-")
 
 
 def _files(entry: Path, meta: dict[str, object], *, from_cache: bool) -> SplitFiles:

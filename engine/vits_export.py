@@ -21,11 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +31,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
+from engine.cache_entry import timed, write_atomically
 from engine.piper_voice import session_options
 from engine.vits_files import VitsFiles
 
@@ -55,14 +52,6 @@ class ExportFiles:
     decoder: Path
     speaker_input: bool  # both stages take a ``speaker`` input
     from_cache: bool
-
-
-def timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
-    """``fn()``, its duration recorded in ``timings[name]`` (seconds)."""
-    start = time.perf_counter()
-    result = fn()
-    timings[name] = time.perf_counter() - start
-    return result
 
 
 @dataclass
@@ -150,18 +139,13 @@ def load_or_export(
                 return _files(entry, speaker, from_cache=True)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a miss: export below
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
-    try:
-        _export(model, tmp, speaker)
+
+    def fill(folder: Path) -> None:
+        _export(model, folder, speaker)
         meta = {"format": EXPORT_FORMAT, "speaker_input": speaker, "torch": torch.__version__}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if entry.exists():
-            shutil.rmtree(entry)
-        tmp.rename(entry)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    write_atomically(cache_dir, entry, fill, prefix=".export-")
     return _files(entry, speaker, from_cache=False)
 
 

@@ -30,9 +30,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from engine.cache_entry import timed as _timed
 from engine.chunking import ChunkSchedule, FlowProgress
 from engine.vits_export import OnnxStages
-from engine.vits_export import timed as _timed
 from engine.vits_files import VitsFiles, read_tokenizer_config, read_vits_config, voice_language
 from engine.vits_model import VitsStages, load_model, receptive_fields
 from engine.vits_text import VitsText
