@@ -194,8 +194,7 @@ class _Link:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.session.utterance is not None:
-                self.session.utterance.live = False
+            self.session.abandon()
 
     def _kick(self) -> None:
         self.outbound_empty.clear()
@@ -305,6 +304,9 @@ class _Link:
                     await self.conn.send(payload)
             except TimeoutError:
                 metrics.errors.labels("slow_reader").inc()
+                # The client cannot take what is queued: stop computing more for it now,
+                # not after the close handshake (up to close_timeout for a dead reader).
+                self.session.abandon()
                 await self.conn.close(1008, "client is not reading")
                 return
             except ConnectionClosed:
@@ -319,6 +321,19 @@ class _Link:
             first = u.first_frame_at is None
             if s.frame_sent(item, now):
                 metrics.underruns.inc()
+                scheduler = self.app.scheduler
+                log.info(  # where underruns happen tells what to tune (chunks, workers)
+                    json.dumps(
+                        {
+                            "event": "underrun",
+                            "session": s.id,
+                            "segment": item.segment,
+                            "audio_sent_ms": round(u.sent_ms, 1),
+                            "stall_ms": round(1000 * u.stall_s, 1),
+                            "engine_queue": scheduler.queued if scheduler is not None else 0,
+                        }
+                    )
+                )
             metrics.frames.inc()
             metrics.audio_seconds.inc(item.frame.duration_ms / 1000)
             if first:  # TTFT is known now, whether the utterance ends in done or cancelled

@@ -10,6 +10,7 @@
 ``python -m client.bench --help`` (load test). See ``docs/clients.md``.
 """
 
+from client.errors import TTSConnectionError, TTSError, UtteranceInProgress
 from client.events import (
     Audio,
     AudioFormat,
@@ -21,15 +22,9 @@ from client.events import (
     Ready,
     Segment,
 )
-from client.session import (
-    DEFAULT_URL,
-    RetryPolicy,
-    Stream,
-    TTSClient,
-    TTSConnectionError,
-    TTSError,
-    UtteranceInProgress,
-)
+from client.retry import RetryPolicy
+from client.session import DEFAULT_URL, TTSClient
+from client.stream import Stream
 
 __all__ = [
     "DEFAULT_URL",

@@ -38,8 +38,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
 
+from client.errors import TTSConnectionError, TTSError
 from client.events import FORMATS, Audio, AudioFormat, Cancelled, Done, Error, Segment
-from client.session import DEFAULT_URL, TTSClient, TTSConnectionError, TTSError
+from client.session import DEFAULT_URL, TTSClient
 
 PROGRESS_AFTER_CHARS: Final = 300
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

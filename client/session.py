@@ -43,8 +43,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, Coroutine
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -56,6 +55,7 @@ from websockets.exceptions import (
 )
 from websockets.protocol import State
 
+from client.errors import TTSConnectionError, TTSError, UtteranceInProgress
 from client.events import (
     CONNECTION_LOST,
     EMPTY_INPUT,
@@ -66,7 +66,6 @@ from client.events import (
     Cancelled,
     Done,
     Error,
-    Event,
     FinalEvent,
     Ready,
     Segment,
@@ -74,117 +73,19 @@ from client.events import (
     is_final,
     parse_server_message,
 )
+from client.retry import RETRYABLE_CLOSE_CODES, RetryPolicy
+from client.stream import Stream, Utterance
+from client.text_pacing import coalesce, once
 
 log = logging.getLogger("firstword.client")
 
+
 DEFAULT_URL: Final = "ws://127.0.0.1:8765/v1/tts"
 CLIENT_CLOSED: Final = "client_closed"
-RETRYABLE_CLOSE_CODES: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
-
-
-class TTSError(Exception):
-    """A failure the caller must handle; ``code`` is a server or client error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class TTSConnectionError(TTSError):
-    """The server could not be reached (or kept refusing) within the retry budget."""
-
-
-class UtteranceInProgress(RuntimeError):
-    """``say()`` was called while the previous utterance had not ended."""
 
 
 class _Retry(Exception):
     """A connection attempt failed in a way that may pass on a later attempt."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with "equal jitter": attempt ``n`` waits in [d/2, d], d = base*2^n."""
-
-    max_retries: int = 5
-    base_s: float = 0.25
-    max_s: float = 5.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        cap: float = min(self.max_s, self.base_s * 2.0**attempt)
-        return cap / 2 + rng.uniform(0.0, cap / 2)
-
-
-@dataclass(eq=False)
-class _Utterance:
-    """Client-side state of one utterance; owned by :class:`TTSClient`."""
-
-    ws: ClientConnection
-    ready: Ready
-    started_at: float
-    queue: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
-    sender: asyncio.Task[None] | None = None
-    watchdog: asyncio.Task[None] | None = None
-    waiter: asyncio.Future[Cancelled] | None = None  # cancel() in progress
-    input_stopped: bool = False
-    cancel_sent: bool = False
-    final: FinalEvent | None = None
-    last_heard_at: float = 0.0
-    first_audio_at: float | None = None
-    received_bytes: int = 0
-    received_ms: float = 0.0
-    segments: list[str] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return self.final is not None
-
-
-class Stream:
-    """The events of one utterance; async-iterate it. See the module docstring."""
-
-    def __init__(self, utterance: _Utterance) -> None:
-        self._u = utterance
-        self._exhausted = False
-
-    def __aiter__(self) -> Stream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._exhausted:
-            raise StopAsyncIteration
-        item = await self._u.queue.get()
-        if item is None:
-            self._exhausted = True
-            raise StopAsyncIteration
-        return item
-
-    @property
-    def ready(self) -> Ready:
-        """Settings of the connection this utterance runs on (format, rate, frame size)."""
-        return self._u.ready
-
-    @property
-    def final(self) -> FinalEvent | None:
-        """The event that ended the utterance, once it has arrived (even if not read yet)."""
-        return self._u.final
-
-    @property
-    def received_bytes(self) -> int:
-        """Audio bytes received so far."""
-        return self._u.received_bytes
-
-    @property
-    def received_ms(self) -> float:
-        """Audio received so far, in milliseconds."""
-        return self._u.received_ms
-
-    @property
-    def first_audio_s(self) -> float | None:
-        """Seconds from ``say()`` to the first audio frame's arrival (client-measured TTFA)."""
-        u = self._u
-        return None if u.first_audio_at is None else u.first_audio_at - u.started_at
 
 
 class TTSClient:
@@ -239,7 +140,7 @@ class TTSClient:
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ready: Ready | None = None
-        self._utterance: _Utterance | None = None
+        self._utterance: Utterance | None = None
         self._send_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
         self._stray_cancels = 0  # cancels the server will answer after their utterance ended
@@ -399,7 +300,7 @@ class TTSClient:
             raise UtteranceInProgress("one utterance at a time: cancel() it or wait for its end")
         assert self._ws is not None
         loop = asyncio.get_running_loop()
-        u = _Utterance(self._ws, ready, started_at=loop.time())
+        u = Utterance(self._ws, ready, started_at=loop.time())
         u.queue.put_nowait(ready)
         self._utterance = u
         u.sender = asyncio.create_task(self._feed(u, text))
@@ -435,13 +336,13 @@ class TTSClient:
         return await asyncio.shield(u.waiter)
 
     # ------------------------------------------------------------- internals
-    async def _feed(self, u: _Utterance, text: str | AsyncIterable[str]) -> None:
+    async def _feed(self, u: Utterance, text: str | AsyncIterable[str]) -> None:
         """Send the text as it comes, then ``end``. Runs as the utterance's sender task."""
-        source: AsyncIterable[str] = _once(text) if isinstance(text, str) else text
+        source: AsyncIterable[str] = once(text) if isinstance(text, str) else text
         sent_any = False
         try:
             async with contextlib.aclosing(
-                _coalesce(source, self.min_send_interval_s, self.max_text_chars)
+                coalesce(source, self.min_send_interval_s, self.max_text_chars)
             ) as pieces:
                 async for piece in pieces:
                     if not await self._send(u, {"type": "text", "text": piece}):
@@ -463,20 +364,20 @@ class TTSClient:
             with contextlib.suppress(TTSError):
                 await self.cancel()
 
-    async def _send(self, u: _Utterance, message: dict[str, str]) -> bool:
+    async def _send(self, u: Utterance, message: dict[str, str]) -> bool:
         async with self._send_lock:
             if u.input_stopped or u.finished:
                 return False
             await u.ws.send(json.dumps(message, ensure_ascii=False))
             return True
 
-    def _await_server(self, u: _Utterance) -> None:
+    def _await_server(self, u: Utterance) -> None:
         """From now on the server owes an answer: time it out after ``response_timeout_s``."""
         u.last_heard_at = asyncio.get_running_loop().time()
         if u.watchdog is None and not u.finished:
             u.watchdog = asyncio.create_task(self._watch(u))
 
-    async def _watch(self, u: _Utterance) -> None:
+    async def _watch(self, u: Utterance) -> None:
         loop = asyncio.get_running_loop()
         while not u.finished:
             remaining = u.last_heard_at + self.response_timeout_s - loop.time()
@@ -543,7 +444,7 @@ class TTSClient:
         else:
             u.queue.put_nowait(event)
 
-    def _finish(self, u: _Utterance, final: FinalEvent) -> None:
+    def _finish(self, u: Utterance, final: FinalEvent) -> None:
         """End ``u`` with ``final``: queue it and the end marker, stop its tasks."""
         if u.finished:
             return
@@ -567,7 +468,7 @@ class TTSClient:
         task.add_done_callback(self._background.discard)
 
     @staticmethod
-    def _settle_waiter(u: _Utterance) -> None:
+    def _settle_waiter(u: Utterance) -> None:
         waiter, final = u.waiter, u.final
         if waiter is None or final is None or waiter.done():
             return
@@ -577,66 +478,3 @@ class TTSClient:
             waiter.set_result(Cancelled(u.received_ms, " ".join(u.segments), ""))
         else:
             waiter.set_exception(TTSError(final.code, final.message))
-
-
-async def _once(text: str) -> AsyncGenerator[str, None]:
-    yield text
-
-
-async def _coalesce(
-    source: AsyncIterable[str], interval_s: float, max_chars: int
-) -> AsyncGenerator[str, None]:
-    """The text of ``source``, re-cut: at most one piece per ``interval_s``, each <= ``max_chars``.
-
-    Text that arrives within ``interval_s`` of the previous piece is held and
-    released when the interval is up, whether or not more text is coming, so
-    a pause in the source never delays text already received. No text is
-    lost or reordered; empty pieces are skipped. Raises ``TypeError`` if the
-    source yields something other than ``str``.
-    """
-    loop = asyncio.get_running_loop()
-    items = aiter(source)
-    held: list[str] = []
-    held_chars = 0
-    last_release = -interval_s
-    pending: asyncio.Future[str] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(items))
-            if not held_chars:
-                await asyncio.wait({pending})
-            elif (due := last_release + interval_s - loop.time()) > 0:
-                await asyncio.wait({pending}, timeout=due)
-            if pending.done():
-                try:
-                    token = pending.result()
-                except StopAsyncIteration:
-                    pending = None
-                    break
-                pending = None
-                if not isinstance(token, str):
-                    raise TypeError(f"the text source yielded {type(token).__name__}, not str")
-                held.append(token)
-                held_chars += len(token)
-                if loop.time() < last_release + interval_s and held_chars < max_chars:
-                    continue  # keep gathering until the interval is up
-            if held_chars:
-                for piece in _cut("".join(held), max_chars):
-                    yield piece
-                held.clear()
-                held_chars = 0
-                last_release = loop.time()
-        for piece in _cut("".join(held), max_chars):
-            yield piece
-    finally:
-        if pending is not None:
-            pending.cancel()  # the source sees CancelledError at its await and ends
-        closer = getattr(source, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):  # may be running still, ending via the cancel
-                await closer()
-
-
-def _cut(text: str, max_chars: int) -> list[str]:
-    return [text[i : i + max_chars] for i in range(0, len(text), max_chars)]

@@ -39,8 +39,18 @@ MAX_ABS_DIFF = 1e-4
 
 
 def session_options(threads: int) -> ort.SessionOptions:
-    """onnxruntime options: ``threads`` intra-op threads, no idle spinning."""
+    """onnxruntime options: ``threads`` intra-op threads, no idle spinning, no memory patterns.
+
+    Memory patterns are off because every input length is a new shape here
+    (sentence lengths, chunk windows): onnxruntime keeps one planned pattern
+    per shape set, so resident memory crept up for as long as new lengths came.
+    Measured (2 threads, 160 random sentences each, engine only):
+    with patterns 382 -> 387 MB over the last 100 sentences, 387 MB at the
+    end; without, 302 -> 303 MB over the same span, 316 MB at the end; same
+    wall time (86.8 s without vs 88.2 s with).
+    """
     options = ort.SessionOptions()
+    options.enable_mem_pattern = False
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

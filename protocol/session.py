@@ -400,6 +400,15 @@ class Session:
             self.utterance = None
         return item
 
+    def abandon(self) -> None:
+        """The connection is going away: stop synthesis for the utterance in progress.
+
+        Nothing more will be sent, so no message is queued. After this,
+        :meth:`job_live` is false for every job of that utterance.
+        """
+        if self.utterance is not None:
+            self.utterance.live = False
+
     def frame_sent(self, item: SendFrame, now: float) -> bool:
         """``item`` was written to the socket at ``now``; True if it was an underrun.
 

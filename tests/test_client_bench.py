@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RunningServer
 
-from client.bench import PlaybackClock, percentiles
+from client.listening import PlaybackClock, percentiles
 
 
 def test_playback_clock_counts_late_frames_and_stalls() -> None:
@@ -23,6 +23,16 @@ def test_playback_clock_counts_late_frames_and_stalls() -> None:
     assert clock.underruns == 1 and clock.underrun_ms == pytest.approx(100.0)
     clock.arrive(10.53, 20)
     assert clock.underruns == 1 and clock.plays_until == pytest.approx(10.56)
+
+
+def test_playback_clock_playout_delay_absorbs_that_much_lateness() -> None:
+    clock = PlaybackClock(playout_ms=20.0)
+    clock.arrive(10.0, 200)  # starts playing at 10.02, plays until 10.22
+    clock.arrive(10.215, 100)  # 15 ms later than a clock without the buffer would need it
+    assert (clock.underruns, clock.started_at) == (0, 10.0)
+    assert clock.plays_until == pytest.approx(10.32)
+    clock.arrive(10.35, 20)  # 30 ms late even with the buffer
+    assert clock.underruns == 1 and clock.underrun_ms == pytest.approx(30.0)
 
 
 def test_percentiles() -> None:

@@ -40,7 +40,9 @@ from client import (
     UtteranceInProgress,
 )
 from client.events import Event, Metrics, parse_server_message, to_pcm16
-from client.session import RetryPolicy, Stream, _coalesce
+from client.retry import RetryPolicy
+from client.stream import Stream
+from client.text_pacing import coalesce
 from engine.codecs import decode
 
 LONG_TEXT = (
@@ -160,7 +162,7 @@ async def _recut(pieces: list[str], interval_s: float, max_chars: int) -> list[s
         for p in pieces:
             yield p
 
-    return [p async for p in _coalesce(source(), interval_s, max_chars)]
+    return [p async for p in coalesce(source(), interval_s, max_chars)]
 
 
 @settings(max_examples=40, deadline=None)
@@ -186,7 +188,7 @@ async def test_recutting_does_not_hold_text_while_the_source_pauses() -> None:
 
     arrivals: list[tuple[str, float]] = []
     start = time.monotonic()
-    async for piece in _coalesce(slow(), 0.05, 100):
+    async for piece in coalesce(slow(), 0.05, 100):
         arrivals.append((piece, time.monotonic() - start))
     assert "".join(p for p, _ in arrivals) == "abc"
     assert next(t for p, t in arrivals if "b" in p) < 0.5

@@ -545,6 +545,21 @@ def test_cancel_after_end_while_frames_are_still_queued() -> None:
     assert cancelled["spoken_text"] == "First sentence here."
 
 
+def test_abandon_stops_synthesis_and_queues_nothing() -> None:
+    h = Harness()
+    h.text("Hello there, this is a sentence. And another one.", at=1.0)
+    job = h.s.next_job()
+    assert job is not None
+    h.s.deliver_audio(job, constant(4410), 0.01)
+    queued = len(h.s.outbound)
+    h.s.abandon()
+    assert not h.s.job_live(job)
+    h.s.deliver_audio(job, constant(4410), 0.01)  # the chunk a worker was computing
+    assert len(h.s.outbound) == queued
+    h.s.abandon()  # idempotent, and harmless with nothing in progress
+    Harness().s.abandon()
+
+
 def test_cancel_mid_synthesis_stops_the_job() -> None:
     h = Harness()
     h.text("Hello there, this is a sentence. And another one.", at=1.0)

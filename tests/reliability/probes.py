@@ -17,8 +17,10 @@ import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HAS_PROC = Path("/proc/self/status").exists()
 MB = 1024 * 1024
+MAX_SAMPLING_S = 600.0  # an RssSampler stops by itself after this
 
 
 # ------------------------------------------------------------------ the process
@@ -62,7 +65,7 @@ class RssSampler:
     _task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
-        while True:  # ended by stop(); one /proc read per tick
+        for _ in range(round(MAX_SAMPLING_S / self.every)):  # or ended by stop()
             self.peak = max(self.peak, ProcStat.of(self.pid).rss)
             self.samples += 1
             await asyncio.sleep(self.every)
@@ -113,6 +116,28 @@ async def stalled(http_url: str, name: str, quiet_s: float = 1.0, within: float 
             return value
         await asyncio.sleep(0.1)
     raise TimeoutError(f"{name} still changing after {within} s")
+
+
+@contextlib.contextmanager
+def cpu_contention(processes: int | None = None, limit_s: float = 300.0) -> Iterator[None]:
+    """Busy-loop processes, one per core by default, for the duration of the block.
+
+    The engine's native memory steps up to a higher working set when its calls
+    overlap more, which is what happens when other processes take the CPU (measured:
+    +117 MB in the minute another suite loaded the machine, then level). A warm-up
+    run under contention reaches that level first, so that a measurement after it
+    does not read the step as growth. Each process also ends itself after ``limit_s``.
+    """
+    code = f"import time\nend = time.monotonic() + {limit_s}\nwhile time.monotonic() < end: pass"
+    count = processes if processes is not None else os.cpu_count() or 1
+    burners = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+        for burner in burners:
+            burner.wait(10)
 
 
 WARM_SENTENCES = (

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import Collected, check_utterance, collect, send_json, wait_closed
 
-from client.bench import TEXTS
+from client.load_texts import TEXTS
 
 pytestmark = pytest.mark.timeout(150)
 
