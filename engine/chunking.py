@@ -4,19 +4,21 @@ Units are latent *frames* (one frame = ``hop`` output samples, 256 for Piper,
 about 11.6 ms at 22050 Hz). A plan says which frames each output chunk covers
 and which input window must be decoded to produce those frames exactly.
 
-Why these defaults (measured on en_US-joe-medium, two onnxruntime threads; see
-docs/engine.md): the HiFi-GAN vocoder's output is exact (max abs diff ~4e-6)
-from 10 frames of context each side, so 12 is used; the flow is exact from
-28-32 frames, so 32 is used. Each vocoder call costs ~1.5 ms + 0.33 ms per
-frame, each flow call ~7 ms + 0.065 ms per frame. So the first chunk is small
-(16 frames = 186 ms of audio, decoded in ~10 ms). Each later chunk is 3x the
-one before (48, 144, 256): the next chunk must be computed while the one
-before plays, on one thread of a loaded machine, and the resampler holds back
-up to ~50 ms of the first chunk, so the second chunk is kept small enough
-(~60 ms of compute) to arrive well inside that margin. The cap of 256 frames
-keeps any one call under ~100 ms so a new session's first chunk never waits
-long for a worker. A tail shorter than 32 frames joins the chunk before it.
-The flow runs ahead at least ``flow_ahead_frames`` per call after the first.
+Why these defaults (measured on en_US-joe-medium; see docs/engine.md): the
+HiFi-GAN vocoder's output is exact (max abs diff ~4e-6) from 10 frames of
+context each side, so 12 is used; the flow is exact from 28-32 frames, so 32
+is used. Each vocoder call costs ~1.5 ms + 0.33 ms per frame, each flow call
+~7 ms + 0.065 ms per frame (two threads). The first chunk is 24 frames (279 ms
+of audio): its call (frontend included) takes ~61 ms on one idle thread. The
+second chunk must be computed while the first one plays, and it is the call
+most likely to be late: under load it waits for a worker and shares the cores,
+and a resampler holds back up to ~50 ms of the first chunk. At 16 frames (186
+ms, 6 ms sooner) the soak at 80 % load saw its only underruns exactly there.
+Each later chunk is 2x the one before (48, 96, 192), so the second costs ~62
+ms of compute, and the cap of 256 frames keeps any one call under ~100-170 ms
+so a new session's first chunk never waits long for a worker. A tail shorter
+than 32 frames joins the chunk before it. The flow runs ahead at least
+``flow_ahead_frames`` per call after the first.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ class ChunkSchedule:
     (a tiny last chunk would pay full context cost for little audio).
     """
 
-    first_frames: int = 16
-    growth: float = 3.0
+    first_frames: int = 24
+    growth: float = 2.0
     max_frames: int = 256
     min_tail_frames: int = 32
     vocoder_context: int = 12

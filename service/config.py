@@ -58,8 +58,8 @@ _FLAGS: list[tuple[str, type, object, str]] = [
     (
         "urgent-workers",
         int,
-        1,
-        "extra engine threads only for chunks a listener needs within 150 ms",
+        2,
+        "extra engine threads only for chunks a listener needs within 250 ms",
     ),
     ("threads", int, 1, "onnxruntime threads per engine call"),
     ("origins", str, "", "comma-separated allowed Origin values; empty allows any"),

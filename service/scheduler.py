@@ -11,8 +11,20 @@ the engine.
 Calls cannot be pre-empted, so an urgent call could still wait for a long
 one to finish. ``urgent_slots`` extra workers are therefore reserved for calls
 due within ``urgent_within`` seconds: a listener about to run dry gets a
-thread at once (sharing the cores briefly) instead of waiting ~100 ms behind
-a large chunk of a session that has seconds buffered.
+thread at once (sharing the cores briefly) instead of waiting ~100-250 ms
+behind a large chunk of a session that has seconds buffered.
+
+An utterance's first two chunks are the calls whose listener has almost
+nothing buffered: the second must be done within the 186 ms the first one
+plays (16 latent frames of a 22 050 Hz Piper voice) + 20 ms. It is
+asked for before the first frame is sent, so its deadline is already past
+and it is urgent at once; it costs ~60 ms on a free core. The soak's
+underruns at 80 % load were all there (``audio_sent_ms`` 200, segment 0,
+in the server's underrun log lines, ``engine_queue`` > 0): two utterances
+starting within ~0.2 s of each other, one urgent slot, both normal workers
+inside long chunks. So the server runs two urgent slots (``--urgent-workers``),
+and ``urgent_within`` (0.25 s) also covers the third chunk and sentence
+boundaries a little earlier than 0.15 s did.
 """
 
 from __future__ import annotations
@@ -37,7 +49,7 @@ class EdfScheduler:
         workers: int,
         *,
         urgent_slots: int = 1,
-        urgent_within: float = 0.15,
+        urgent_within: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1 or urgent_slots < 0:

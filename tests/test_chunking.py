@@ -51,17 +51,18 @@ def test_chunks_tile_the_sequence(schedule: ChunkSchedule, total: int) -> None:
 
 def test_default_schedule_is_small_first_then_large() -> None:
     plan = ChunkSchedule()
-    assert plan.chunks(16 + 48 + 144 + 256 + 256 + 40) == [
-        (0, 16),
-        (16, 64),
-        (64, 208),
-        (208, 464),
-        (464, 720),
-        (720, 760),
+    assert plan.chunks(24 + 48 + 96 + 192 + 256 + 256 + 40) == [
+        (0, 24),
+        (24, 72),
+        (72, 168),
+        (168, 360),
+        (360, 616),
+        (616, 872),
+        (872, 912),
     ]
-    assert plan.chunks(40) == [(0, 40)]  # 16 + a 24-frame tail: merged
-    assert plan.chunks(48) == [(0, 16), (16, 48)]
-    assert plan.chunks(80) == [(0, 16), (16, 80)]  # 16 + 48 + a 16-frame tail: merged
+    assert plan.chunks(50) == [(0, 50)]  # 24 + a 26-frame tail: merged
+    assert plan.chunks(56) == [(0, 24), (24, 56)]
+    assert plan.chunks(100) == [(0, 24), (24, 100)]  # 24 + 48 + a 28-frame tail: merged
     assert plan.chunks(0) == []
 
 

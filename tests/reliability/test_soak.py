@@ -1,12 +1,12 @@
 """Soak: the load tool's listeners at ~80 % of capacity for minutes; nothing degrades.
 
 ``FIRSTWORD_SOAK_SECONDS`` (default 60, the form CI runs; 600 for the full
-run) sets the length; ``FIRSTWORD_SOAK_SESSIONS`` (default 18) the number of
-concurrent real-time listeners. 18 is 80 % of the 23 sessions that
+run) sets the length; ``FIRSTWORD_SOAK_SESSIONS`` (default 21) the number of
+concurrent real-time listeners. 21 is 80 % of the 26 sessions that
 ``python -m client.bench --find-capacity`` found holding on the 2-core
 reference machine (raw engine limit 27.2 streams): enough load that a leak or a
-scheduling fault shows up as underruns, with headroom for the load tool's own
-CPU (it runs in this process). Set it to 80 % of your machine's capacity.
+scheduling fault shows up as underruns. The load tool's own CPU counts against
+it (it runs in this process). Set it to 80 % of your machine's capacity.
 
 The server is warmed up first with the same listeners for ``WARMUP_S``
 (``FIRSTWORD_SOAK_WARMUP_SECONDS``, default 60), under CPU contention
@@ -37,7 +37,7 @@ from client.load import Options, run_load
 from protocol.session import UNDERRUN_SLACK_S
 
 SOAK_S = float(os.environ.get("FIRSTWORD_SOAK_SECONDS", "60"))
-SESSIONS = int(os.environ.get("FIRSTWORD_SOAK_SESSIONS", "18"))
+SESSIONS = int(os.environ.get("FIRSTWORD_SOAK_SESSIONS", "21"))
 # The engine's native memory grows for the first minute or two of full load (18 sessions,
 # idle RSS after each 20 s: 454, 489, 517, 524, 533, 535 MB); the baseline comes after.
 WARMUP_S = float(os.environ.get("FIRSTWORD_SOAK_WARMUP_SECONDS", "60"))
