@@ -15,10 +15,10 @@ samples exactly. ``-o -`` writes the WAV to stdout once the audio is
 complete.
 
 Exit status: 0 done; 1 the server could not be reached, closed the
-connection, or sent an error event (the audio received is still written);
-2 bad usage, including ``--play`` with no sound output available (checked
-before connecting); 130 interrupted with Ctrl-C (the utterance is cancelled
-and the audio received so far written).
+connection, sent an error event, or the ``--play`` output quit (the audio
+received is still written); 2 bad usage, including ``--play`` with no
+sound output available (checked before connecting); 130 interrupted with
+Ctrl-C (the utterance is cancelled and the audio received so far written).
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ def _seekable(f: IO[bytes]) -> bool:
 
 
 # ------------------------------------------------------------------ playback
+class PlayerFailed(Exception):
+    """The sound output stopped working (e.g. ``paplay`` with no sound server running)."""
+
+
 class Player:
     """Plays 16-bit mono PCM as it arrives: a command-line player or ``sounddevice``."""
 
@@ -144,7 +148,7 @@ class Player:
                 *self.command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,  # its reason, if it fails (players are quiet)
             )
         else:
             self._stream = self._device_module.RawOutputStream(
@@ -153,12 +157,33 @@ class Player:
             self._stream.start()
 
     async def play(self, pcm16: bytes) -> None:
+        """Queue ``pcm16`` for playing; raises :class:`PlayerFailed` if the player has quit."""
         if self._proc is not None and self._proc.stdin is not None:
+            if self._proc.returncode is not None or self._proc.stdin.is_closing():
+                raise PlayerFailed(await self._failure())
             self._proc.stdin.write(pcm16)
-            with contextlib.suppress(ConnectionError):
+            try:
                 await self._proc.stdin.drain()
+            except ConnectionError:  # it quit while we wrote
+                raise PlayerFailed(await self._failure()) from None
         elif self._stream is not None:
             await asyncio.to_thread(self._stream.write, pcm16)
+
+    async def _failure(self) -> str:
+        """Why the command-line player quit: its exit status and its last error line."""
+        assert self._proc is not None
+        try:
+            await asyncio.wait_for(self._proc.wait(), 2.0)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        said = b""
+        if self._proc.stderr is not None:
+            with contextlib.suppress(TimeoutError):
+                said = await asyncio.wait_for(self._proc.stderr.read(4096), 1.0)
+        lines = said.decode(errors="replace").strip().splitlines()
+        reason = f": {lines[-1].strip()}" if lines else ""
+        return f"{self.name} exited with status {self._proc.returncode}{reason}"
 
     async def finish(self, timeout_s: float) -> None:
         """Let queued audio play out (at most ``timeout_s``), then stop the player."""
@@ -306,7 +331,11 @@ async def run(args: argparse.Namespace, text: str) -> int:
                 if writer is not None:
                     writer.write(event.data if writer.float32 else event.pcm16())
                 if player is not None:
-                    await player.play(event.pcm16())
+                    try:
+                        await player.play(event.pcm16())
+                    except PlayerFailed as exc:  # keep receiving: -o may still be written
+                        report.error(f"sound output failed: {exc}")
+                        status, player = EXIT_FAILED, None
             elif isinstance(event, Segment):
                 report.update(event.index, received_ms)  # segments before this one are done
             elif isinstance(event, Error):

@@ -87,6 +87,9 @@ class Utterance:
     first_frame_at: float | None = None
     stall_s: float = 0.0  # the listener's clock stalled this long waiting for late frames
     underruns: int = 0
+    # The listener had heard everything when more text came: its clock restarts at this
+    # audio offset (ms), like at the first frame. Waiting for the client is not an underrun.
+    restart_at_ms: float | None = None
 
     def playback_origin(self) -> float | None:
         """When the listener's playback clock would have started, stalls included."""
@@ -250,6 +253,15 @@ class Session:
         self._release(u, u.splitter.add(text), now)
 
     def _release(self, u: Utterance, segments: list[str], now: float) -> None:
+        origin = u.playback_origin()
+        if (
+            origin is not None
+            and u.active is None
+            and not u.pending
+            and origin + u.produced_ms / 1000.0 <= now
+            and any(text.strip() for text in segments)
+        ):  # nothing left to say and all of it played: the listener waits for the client
+            u.restart_at_ms = u.produced_ms
         for text in segments:
             if not text.strip():
                 continue  # whitespace only: nothing to say, no segment, no pause
@@ -415,6 +427,9 @@ class Session:
         The listener's playback clock starts at the first frame and plays frames
         back to back; a frame written more than ``UNDERRUN_SLACK_S`` after the
         clock needs it is an underrun, and the clock stalls until it arrives.
+        Text that came after the listener had heard everything before it (the
+        client paused) restarts the clock at its first frame instead, like the
+        first frame of the utterance: the wait was the client's, not an underrun.
         """
         u = item.utterance
         if u.first_frame_at is None:
@@ -422,7 +437,12 @@ class Session:
             return False
         origin = u.playback_origin()
         assert origin is not None
-        late = now - (origin + (u.sent_ms - item.frame.duration_ms) / 1000.0)
+        offset_ms = u.sent_ms - item.frame.duration_ms
+        late = now - (origin + offset_ms / 1000.0)
+        if u.restart_at_ms is not None and offset_ms >= u.restart_at_ms - 1e-6:
+            u.restart_at_ms = None
+            u.stall_s += max(0.0, late)
+            return False
         if late <= UNDERRUN_SLACK_S:
             return False
         u.stall_s += late  # like the listener, wait for the frame, then play on from it

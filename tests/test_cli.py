@@ -129,6 +129,37 @@ def test_play_without_any_sound_output_says_so(tmp_path: Path) -> None:
     assert "no sound output available" in result.stderr
 
 
+def fake_player(tmp_path: Path, body: str) -> dict[str, str]:
+    """A PATH holding only an ``aplay`` that runs ``body`` (a POSIX shell script)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    player = bin_dir / "aplay"
+    player.write_text("#!/bin/sh\n" + body + "\n")
+    player.chmod(0o755)
+    return {"PATH": str(bin_dir)}
+
+
+def test_play_feeds_the_player_every_sample(server: RunningServer, tmp_path: Path) -> None:
+    played = tmp_path / "played.raw"
+    env = fake_player(tmp_path, f"exec /bin/cat > {played}")
+    result = run_cli("Play this sentence for me.", "--url", server.ws, "--play", env=env)
+    assert result.returncode == 0, result.stderr
+    assert played.stat().st_size == audio_ms(result.stderr) * 22050 // 1000 * 2
+
+
+def test_a_player_that_quits_is_one_clear_error(server: RunningServer, tmp_path: Path) -> None:
+    env = fake_player(tmp_path, 'echo "Connection failure: Connection refused" >&2; exit 1')
+    out = tmp_path / "still.wav"
+    result = run_cli("Hello there.", "--url", server.ws, "--play", "-o", str(out), env=env)
+    assert result.returncode == 1
+    assert "sound output failed: " in result.stderr
+    assert "exited with status 1: Connection failure: Connection refused" in result.stderr
+    assert result.stderr.count("sound output failed") == 1
+    assert "pipe closed" not in result.stderr and "Traceback" not in result.stderr
+    with wave.open(str(out)) as w:  # the file is still written in full
+        assert w.getnframes() == audio_ms(result.stderr) * 22050 // 1000
+
+
 def test_usage_errors(tmp_path: Path) -> None:
     assert run_cli("Hello").returncode == 2  # neither -o nor --play
     assert run_cli("-o", str(tmp_path / "x.wav"), stdin="  \n").returncode == 2  # no text

@@ -1043,6 +1043,29 @@ def test_frames_in_time_are_no_underrun_and_a_late_one_stalls_the_clock() -> Non
     assert h.messages("done")[0]["metrics"]["underruns"] == 2
 
 
+def test_a_client_that_pauses_between_sentences_causes_no_underrun() -> None:
+    h = Harness()
+    h.send(m.Start(frame_ms=20, sample_rate=22050))
+    h.text("First sentence here. ", at=0.0)
+    h.send(m.Flush())
+    h.run_all(constant(441 * 10))  # 200 ms of audio
+    assert frames_of(h, at=0.1) == [False] * 10  # the listener hears it by t = 0.3
+    h.text("Then, thirty seconds later, more. ", at=30.0)  # an LLM that stalled
+    h.send(m.Flush())
+    h.run_all(constant(441 * 10))
+    assert frames_of(h, at=30.2) == [False] * 20  # a pause, then the sentence: no underrun
+    # The clock restarted at 30.2 and plays until 30.6; text that comes while the listener
+    # still has audio is the server's to deliver in time again.
+    h.text("And one more. ", at=30.25)
+    h.send(m.Flush())
+    h.run_all(constant(441 * 10))
+    late = frames_of(h, at=31.5)
+    assert late[0] is True and not any(late[1:])
+    h.send(m.End())
+    h.pop()
+    assert h.messages("done")[0]["metrics"]["underruns"] == 1
+
+
 def test_stall_moves_the_compute_deadline() -> None:
     h = Harness()
     h.text("Hello there. More. ", at=0.0)

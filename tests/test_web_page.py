@@ -246,6 +246,23 @@ def test_stream_as_tokens_sends_word_by_word(web: WebPage) -> None:
     assert not web.errors
 
 
+def test_a_text_over_one_message_goes_in_pieces(web: WebPage) -> None:
+    # 4 000 UTF-16 units a piece; an emoji straddles the first cut (a surrogate pair).
+    text = ("x" * 3999 + "\U0001f600 " + LONG_TEXT + " ") * 2
+    text = (text * (12_000 // len(text) + 1))[:12_000].strip()
+    web.testid("text").fill(text)
+    web.testid("speak").click()
+    web.wait_for("s.state === 'speaking' || s.state === 'error'", timeout_s=15)
+    web.page.wait_for_timeout(500)
+    web.testid("stop").click()
+    pieces = [m["text"] for m in web.sent if m["type"] == "text"]
+    assert len(pieces) >= 3 and "".join(pieces) == text
+    assert all(len(p.encode("utf-16-le")) // 2 <= 4000 for p in pieces)
+    assert "end" in web.sent_types()
+    assert web.stats()["lastError"] in (None, ""), web.stats()
+    assert not web.errors
+
+
 def test_stop_barges_in_and_reports_what_was_heard(web: WebPage) -> None:
     web.testid("text").fill(LONG_TEXT)
     web.testid("speak").click()
@@ -336,6 +353,14 @@ def test_reconnects_by_itself_when_the_server_comes_back(
         first.stop()  # SIGTERM: the server closes the session with 1001
         web.wait_for("s.state === 'connecting' && !s.connected", timeout_s=10)
         assert "reconnecting" in web.testid("status").inner_text()
+        # Speak while it is down: one plain error after the connect timeout (5 s), not
+        # "connection closed" for a socket that never opened, then another.
+        web.testid("text").fill(SHORT_TEXT)
+        web.testid("speak").click()
+        web.wait_for("s.state === 'error'", timeout_s=10)
+        assert web.stats()["lastError"] == "could not connect to the server"
+        web.page.wait_for_timeout(1500)
+        assert web.testid("status").inner_text() == "error: could not connect to the server"
         # A new server on the same port: the page finds it without a click.
         monkeypatch.setattr(conftest, "free_port", lambda: first.port)
         again = server_factory()

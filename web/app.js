@@ -13,6 +13,9 @@ const PREBUFFER_MS = Math.min(1000, Math.max(0, Number(params.get("prebuffer_ms"
 const MIN_RATE = 8000;
 const MAX_RATE = 48000;
 const CONNECT_TIMEOUT_MS = 5000;
+// One `text` message holds at most 10 000 characters (the server's --max-text-chars
+// default) and 64 KiB; a longer text goes out in pieces, up to the utterance limit.
+const TEXT_PIECE_CHARS = 4000;
 const RESUME_TIMEOUT_MS = 3000;
 const SPEEDS = [0.75, 0.9, 1, 1.1, 1.25, 1.5];
 
@@ -121,6 +124,15 @@ function renderMetrics() {
 // ------------------------------------------------------------------ audio
 let audioPromise = null;
 
+/** The player worklet's code, fetched with the page, so that Speak needs no download
+ * (with the server gone, addModule() of the URL failed with a network error instead
+ * of the page saying that the server cannot be reached). Falls back to the URL. */
+const WORKLET_URL = new URL("player-worklet.js", import.meta.url);
+const workletSource = fetch(WORKLET_URL)
+  .then((r) => (r.ok ? r.text() : Promise.reject(new Error(`HTTP ${r.status}`))))
+  .then((code) => URL.createObjectURL(new Blob([code], { type: "text/javascript" })))
+  .catch(() => WORKLET_URL);
+
 /** The AudioContext, worklet node and analyser; created on the first Speak (a user gesture). */
 function ensureAudio() {
   audioPromise ??= (async () => {
@@ -131,7 +143,7 @@ function ensureAudio() {
       await ctx.close();
       ctx = new AudioContext({ latencyHint: "interactive", sampleRate: wanted });
     }
-    await ctx.audioWorklet.addModule(new URL("player-worklet.js", import.meta.url));
+    await ctx.audioWorklet.addModule(await workletSource);
     const node = new AudioWorkletNode(ctx, "firstword-player", {
       numberOfInputs: 0,
       numberOfOutputs: 1,
@@ -191,7 +203,9 @@ function connect() {
   const socket = new WebSocket(wsUrl);
   socket.binaryType = "arraybuffer";
   ws = socket;
+  let opened = false;
   socket.onopen = () => {
+    opened = true;
     retries = 0;
     stats.connected = true;
     if (!utterance?.active) setStatus("ready", "ready");
@@ -208,7 +222,10 @@ function connect() {
     pendingCancels = [];
     const why = event.reason || (event.code === 1006 ? "connection lost" : `code ${event.code}`);
     // After `done` every frame is here: the buffered audio plays out whatever the socket does.
-    if (utterance?.active && !utterance.serverDone) failUtterance(`connection closed (${why})`);
+    // An utterance still waiting in whenOpen() keeps waiting: the retry below may open.
+    if (utterance?.active && !utterance.serverDone && !utterance.waitingForSocket) {
+      failUtterance(opened ? `connection closed (${why})` : "could not connect to the server");
+    }
     if (event.code === 1000) {
       // A clean close (idle timeout): reconnect when the user speaks next.
       if (!utterance?.active) setStatus("offline", `disconnected (${why}); Speak reconnects`);
@@ -259,6 +276,7 @@ function newUtterance(clickAt, text) {
     tokenTimer: null,
     tokensSent: 0,
     tokensTotal: 0,
+    waitingForSocket: false, // in whenOpen(): a failed attempt is retried, not an error yet
   };
 }
 
@@ -281,11 +299,13 @@ async function speak() {
   try {
     audio = await ensureAudio();
     await resumeAudio(audio.ctx);
+    u.waitingForSocket = true;
     await whenOpen(CONNECT_TIMEOUT_MS);
   } catch (err) {
-    if (utterance === u) failUtterance(err.message || String(err));
+    if (utterance === u && u.active) failUtterance(err.message || String(err)); // once
     return;
   }
+  u.waitingForSocket = false;
   if (utterance !== u || !u.active) return; // stopped or replaced while we waited
   audio.node.port.postMessage({ type: "begin", id: u.id });
   setStatus("speaking", "speaking");
@@ -300,9 +320,22 @@ async function speak() {
   if (ui.tokens.checked) {
     streamTokens(u, text, clamp(Number(ui.rate.value) || 8, 1, 50));
   } else {
-    send({ type: "text", text });
+    for (const piece of pieces(text, TEXT_PIECE_CHARS)) send({ type: "text", text: piece });
     send({ type: "end" });
   }
+}
+
+/** `text` cut into pieces of at most `max` UTF-16 units, never inside a surrogate pair. */
+function pieces(text, max) {
+  const out = [];
+  for (let start = 0; start < text.length; ) {
+    let end = Math.min(text.length, start + max);
+    const last = text.charCodeAt(end - 1);
+    if (end < text.length && last >= 0xd800 && last <= 0xdbff) end -= 1; // keep the pair whole
+    out.push(text.slice(start, end));
+    start = end;
+  }
+  return out;
 }
 
 /** Send `text` a word at a time, `wordsPerSecond`, like an LLM's token stream; then end. */
