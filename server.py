@@ -382,8 +382,11 @@ class _Link:
         try:
             while s.job_live(job):
                 wait = s.compute_wait(job, time.monotonic())
-                if wait > 0:
-                    await asyncio.sleep(min(wait, 0.25))
+                if wait > 0:  # ahead of the listener: wait, but wake for a cancel at once
+                    self.wake_producer.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(wait, 0.25)):
+                            await self.wake_producer.wait()
                     continue
                 chunk, seconds = await app.scheduler.run(
                     s.compute_deadline(job, time.monotonic()), step

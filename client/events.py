@@ -110,6 +110,7 @@ class Metrics:
     synth_ms: float
     rtf: float | None
     segments: int
+    underruns: int = 0  # frames the server wrote late for a real-time listener
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ def _from_json(data: dict[str, Any]) -> Event | None:
                 synth_ms=float(figures.get("synth_ms") or 0.0),
                 rtf=_optional_float(figures.get("rtf")),
                 segments=int(figures.get("segments") or 0),
+                underruns=int(figures.get("underruns") or 0),
             )
         )
     if kind == "cancelled":

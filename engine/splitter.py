@@ -118,6 +118,29 @@ class SentenceSplitter:
         self._first = True
         return segments
 
+    def flush_words(self) -> list[str]:
+        """Idle flush: release the pending text, except a word that may still grow.
+
+        When the pending text ends in a letter or digit, its last word stays
+        pending (``$1`` may become ``$19.99``, ``temp`` ``temperature``: a
+        token stream that stalled mid-word); the text before it is released
+        as by :meth:`finish`. Text that ends in whitespace or punctuation is
+        released whole. Nothing is lost: the kept word leads the next segment.
+        Like :meth:`finish`, the next segment may again be a fast first fragment.
+        """
+        buf = self._buf
+        if not buf or not buf[-1].isalnum():
+            return self.finish()
+        space = next((i for i in range(len(buf) - 1, -1, -1) if buf[i].isspace()), None)
+        if space is None:
+            return []  # one word, still being written
+        self._buf, tail = buf[: space + 1], buf[space + 1 :]
+        self._reset_segment()
+        segments = self.finish()
+        self._buf = tail
+        self._reset_segment()
+        return segments
+
     def _reset_segment(self) -> None:
         self._scan = 0  # every mark before this index is known not to end the segment
         self._core: int | None = None  # index of the segment's first non-space char

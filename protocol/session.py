@@ -32,6 +32,9 @@ from protocol import messages as m
 from protocol.auth import token_matches
 
 UNDERRUN_SLACK_S = 0.02
+# An idle flush keeps a word that may still grow ("$1" of "$19.99"); it is spoken when no
+# text has come for this many flush intervals (4 x 300 ms by default).
+PARTIAL_WORD_WAIT = 4.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Utterance:
     # The listener had heard everything when more text came: its clock restarts at this
     # audio offset (ms), like at the first frame. Waiting for the client is not an underrun.
     restart_at_ms: float | None = None
+    words_flushed_at: float | None = None  # last_text_at of the idle flush that kept a word
 
     def playback_origin(self) -> float | None:
         """When the listener's playback clock would have started, stalls included."""
@@ -179,17 +183,29 @@ class Session:
         return None
 
     def flush_deadline(self) -> float | None:
-        """When buffered text without a sentence end should be spoken anyway."""
+        """When buffered text without a sentence end should be spoken anyway.
+
+        ``flush_after_s`` after the last text, everything but a word that may
+        still grow (``SentenceSplitter.flush_words``); that word
+        ``PARTIAL_WORD_WAIT`` times as long after the last text.
+        """
         u = self.utterance
         if u is None or u.ended or not u.splitter.pending.strip():
             return None
+        if u.words_flushed_at == u.last_text_at:
+            return u.last_text_at + PARTIAL_WORD_WAIT * self.limits.flush_after_s
         return u.last_text_at + self.limits.flush_after_s
 
     def on_flush_deadline(self, now: float) -> None:
         u = self.utterance
         deadline = self.flush_deadline()
-        if u is not None and deadline is not None and now >= deadline:
+        if u is None or deadline is None or now < deadline:
+            return
+        if u.words_flushed_at == u.last_text_at:  # the last word waited long enough
             self._release(u, u.splitter.finish(), now)
+        else:
+            u.words_flushed_at = u.last_text_at
+            self._release(u, u.splitter.flush_words(), now)
 
     def _start(self, msg: m.Start) -> None:
         if self._token is not None and not self._authenticated:

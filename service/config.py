@@ -7,6 +7,7 @@ default. ``python server.py --help`` lists them all.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 
@@ -77,6 +78,39 @@ _FLAGS: list[tuple[str, type, object, str]] = [
 ]
 
 
+# (flag, lowest allowed, whether the lowest itself is allowed); none has an upper bound.
+_RANGES: list[tuple[str, float, bool]] = [
+    ("workers", 1, True),
+    ("urgent-workers", 0, True),
+    ("threads", 1, True),
+    ("max-sessions", 1, True),
+    ("grace", 0, True),
+    ("flush-ms", 0, False),
+    ("idle-timeout", 0, False),
+    ("send-timeout", 0, False),
+    ("max-message-bytes", 1, True),
+    ("max-text-chars", 1, True),
+    ("max-utterance-chars", 1, True),
+    ("lookahead-ms", 0, False),
+    ("rate-limit", 0, False),
+]
+
+
+def _range_problems(ns: argparse.Namespace) -> list[str]:
+    """One message per flag outside its range (an empty list when all are fine)."""
+    problems = []
+    if not 0 <= ns.port <= 65535:
+        problems.append(f"--port must be 0-65535, not {ns.port}")
+    for flag, low, inclusive in _RANGES:
+        value = getattr(ns, flag.replace("-", "_"))
+        if value < low or (value == low and not inclusive) or not math.isfinite(value):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            problems.append(f"--{flag} must be {bound}, not {value}")
+    if ns.max_text_chars > ns.max_utterance_chars:
+        problems.append("--max-text-chars must not exceed --max-utterance-chars")
+    return problems
+
+
 def env_name(flag: str) -> str:
     return "FIRSTWORD_" + flag.upper().replace("-", "_")
 
@@ -98,8 +132,8 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
             help=f"{help_text} (env {env_name(flag)}, default {default})",
         )
     ns = parser.parse_args(argv)
-    if ns.workers < 1 or ns.threads < 1 or ns.max_sessions < 1:
-        parser.error("--workers, --threads and --max-sessions must be >= 1")
+    for problem in _range_problems(ns):
+        parser.error(problem)  # exits 2 with the usage line and this message
     if ns.when_full not in ("1013", "503"):
         parser.error("--when-full must be 1013 or 503")
     origins = tuple(o.strip() for o in ns.origins.split(",") if o.strip())

@@ -96,6 +96,12 @@ def test_parses_every_server_message() -> None:
         READY,
     )
     assert done == Done(Metrics(None, None, 0.0, 0.2, None, 1))
+    late = parse_server_message(
+        '{"type":"done","metrics":{"ttft_ms":40.0,"ttfa_from_first_text_ms":41.0,'
+        '"audio_ms":900.0,"synth_ms":70.0,"rtf":0.08,"segments":1,"underruns":2}}',
+        READY,
+    )
+    assert late == Done(Metrics(40.0, 41.0, 900.0, 70.0, 0.08, 1, underruns=2))
     assert parse_server_message(
         '{"type":"cancelled","audio_sent_ms":60.0,"spoken_text":"a","unspoken_text":"b"}', READY
     ) == Cancelled(60.0, "a", "b")

@@ -30,6 +30,13 @@ def test_defaults() -> None:
     assert c.lookahead_ms == 4000.0
     assert c.rate_limit == 200.0
     assert c.log_level == "INFO"
+    assert c.urgent_workers == 2
+
+
+def test_each_range_error_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_config(["--lookahead-ms", "-100"], env={})
+    assert "--lookahead-ms must be > 0, not -100.0" in capsys.readouterr().err
 
 
 def test_env_names() -> None:
@@ -106,6 +113,17 @@ def test_empty_token_means_no_token() -> None:
         ["--workers", "1.5"],
         ["--flush-ms", "soon"],
         ["--no-such-flag"],
+        ["--port", "99999"],
+        ["--port", "-1"],
+        ["--flush-ms", "-1"],
+        ["--flush-ms", "0"],
+        ["--max-text-chars", "0"],
+        ["--lookahead-ms", "-100"],
+        ["--rate-limit", "0"],
+        ["--urgent-workers", "-1"],
+        ["--grace", "nan"],
+        ["--send-timeout", "inf"],
+        ["--max-text-chars", "200", "--max-utterance-chars", "100"],
     ],
 )
 def test_invalid_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

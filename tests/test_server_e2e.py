@@ -574,3 +574,32 @@ async def test_without_token_the_session_is_closed_unauthorized(
         assert [m["code"] for m in got.messages] == ["unauthorized"], got.messages
         assert got.frames == []
         assert conn.close_code == 1008
+
+
+async def test_the_reply_after_a_barge_in_starts_as_fast_as_any(server: RunningServer) -> None:
+    """A producer waiting (seconds ahead of its listener) wakes at the cancel.
+
+    It used to sleep out its poll (up to 250 ms) first, so the next reply's
+    first audio came 81-249 ms after its text instead of ~50 ms.
+    """
+    after_cancel: list[float] = []
+    fresh: list[float] = []
+    async with connect(server.ws, open_timeout=10, max_size=None) as conn:
+        for _ in range(5):
+            await send_json(conn, {"type": "text", "text": LONG_TEXT})
+            await send_json(conn, {"type": "end"})
+            await read_for(conn, 1.0)  # 1 s in, the producer is 4 s ahead and waiting
+            await send_json(conn, {"type": "cancel"})
+            await collect(conn, until=("cancelled",))
+            await send_json(conn, {"type": "text", "text": SENTENCE})
+            await send_json(conn, {"type": "end"})
+            done = (await collect(conn)).final
+            assert done is not None and done["type"] == "done", done
+            after_cancel.append(done["metrics"]["ttft_ms"])
+            await send_json(conn, {"type": "text", "text": SENTENCE})
+            await send_json(conn, {"type": "end"})
+            done = (await collect(conn)).final
+            assert done is not None and done["type"] == "done", done
+            fresh.append(done["metrics"]["ttft_ms"])
+    after, alone = sorted(after_cancel)[2], sorted(fresh)[2]
+    assert after < alone + 60, (after_cancel, fresh)

@@ -369,9 +369,31 @@ def test_flush_deadline_fires_after_silence_and_not_before() -> None:
     h.s.on_flush_deadline(deadline)
     job = h.s.next_job()
     assert job is not None
-    assert job.text == "Hello there my friend"
+    assert job.text == "Hello there my "  # "friend" may still grow ("friendly")
     assert job.trigger_at == deadline
+    h.s.finish_job(job)
+    assert h.s.flush_deadline() == pytest.approx(1.2 + 4 * 0.3)  # the word waits longer
+    h.s.on_flush_deadline(2.3)
+    assert h.s.next_job() is None
+    h.s.on_flush_deadline(2.4)
+    job = h.s.next_job()
+    assert job is not None and job.text == "friend"
     assert h.s.flush_deadline() is None  # nothing buffered any more
+
+
+def test_idle_flush_never_cuts_a_number_or_word_in_two() -> None:
+    """An LLM stream that stalls mid-token (found by an exploratory client)."""
+    h = Harness(limits=Limits(flush_after_s=0.3))
+    pieces = [(0.0, "Your total is $1"), (0.5, "9.99 and the temp"), (1.0, "erature is 72")]
+    for at, piece in pieces:
+        h.text(piece, at=at)
+        h.s.on_flush_deadline(at + 0.3)
+    h.text(" degrees.", at=1.5)
+    h.s.on_flush_deadline(1.8)  # ends in punctuation: all of it goes
+    h.run_all()
+    h.pop()
+    segments = [s["text"] for s in h.messages("segment")]
+    assert segments == ["Your total is", "$19.99 and the", "temperature is", "72 degrees."]
 
 
 def test_no_flush_deadline_when_nothing_is_buffered_or_after_end() -> None:

@@ -281,3 +281,36 @@ def _assert_eager(text: str, kwargs: dict[str, Any]) -> None:
 def test_one_char_at_a_time_is_eager_and_invariant(text: str, kwargs: dict[str, Any]) -> None:
     _assert_eager(text, kwargs)
     _assert_eager(text, {**kwargs, "max_segment_chars": len(text) + 1})
+
+
+@pytest.mark.parametrize(
+    ("pending", "released", "kept"),
+    [
+        ("Your total is $1", ["Your total is "], "$1"),
+        ("and the temp", ["and the "], "temp"),
+        ("temp", [], "temp"),  # one word, still being written
+        ("It is 72 degrees.", ["It is 72 degrees."], ""),
+        ("Wait for it ", ["Wait for it "], ""),
+        ("Call Dr.", ["Call Dr."], ""),
+        ("", [], ""),
+    ],
+)
+def test_flush_words_keeps_a_word_that_may_still_grow(
+    pending: str, released: list[str], kept: str
+) -> None:
+    splitter = SentenceSplitter()
+    assert splitter.add(pending) == []
+    assert splitter.flush_words() == released
+    assert splitter.pending == kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.text(max_size=30), max_size=8))
+def test_flush_words_loses_nothing(pieces: list[str]) -> None:
+    splitter = SentenceSplitter()
+    out: list[str] = []
+    for piece in pieces:
+        out += splitter.add(piece)
+        out += splitter.flush_words()
+    out += splitter.finish()
+    assert "".join(out) == "".join(pieces)
