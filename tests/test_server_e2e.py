@@ -357,6 +357,8 @@ async def test_flush_speaks_a_fragment_without_end(tight: RunningServer) -> None
 
 
 async def test_idle_flush_speaks_a_fragment_after_the_deadline(server: RunningServer) -> None:
+    """--flush-ms after the last text, what is buffered is spoken, but for a last word
+    that may still grow (a stream that stalled mid-token), which waits 4 x longer."""
     async with connect(server.ws) as conn:
         await send_json(conn, {"type": "start"})
         await collect(conn, until=("ready",), within=5)
@@ -369,10 +371,16 @@ async def test_idle_flush_speaks_a_fragment_after_the_deadline(server: RunningSe
         assert segment_at - sent_at >= 0.29, segment_at - sent_at
         assert got.times[-1] - sent_at < 3.0  # ... and soon after it
 
+        # ... up to its last word: "fragment" may still grow, and waits 4 x --flush-ms.
+        assert segment_texts(got) == ["Well here is a"]
+        await collect(conn, until=("segment",), within=10, into=got)
+        word_at = got.times[-1]
+        assert 1.19 <= word_at - sent_at < 4.0, word_at - sent_at
+
         await send_json(conn, {"type": "end"})
         await collect(conn, within=20, into=got)
-        assert check_utterance(got)["segments"] == 1
-        assert segment_texts(got) == [FRAGMENT]
+        assert check_utterance(got)["segments"] == 2
+        assert segment_texts(got) == ["Well here is a", "fragment"]
 
 
 # --------------------------------------------------------------------- errors
