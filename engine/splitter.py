@@ -118,6 +118,18 @@ class SentenceSplitter:
         self._first = True
         return segments
 
+    def speak_soon(self) -> None:
+        """Let the pending segment end early at a clause, as an utterance's first may.
+
+        For a caller whose listener has run out of audio mid-utterance (a
+        slow token stream after a short sentence): the next clause mark that
+        meets the fast-fragment thresholds ends the segment. Output stays
+        chunk-invariant for a fixed sequence of ``add`` and ``speak_soon``.
+        """
+        if not self._first:
+            self._first = True
+            self._reset_segment()
+
     def flush_words(self) -> list[str]:
         """Idle flush: release the pending text, except a word that may still grow.
 

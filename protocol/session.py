@@ -35,6 +35,9 @@ UNDERRUN_SLACK_S = 0.02
 # An idle flush keeps a word that may still grow ("$1" of "$19.99"); it is spoken when no
 # text has come for this many flush intervals (4 x 300 ms by default).
 PARTIAL_WORD_WAIT = 4.0
+# A listener with less audio left than this while text trickles in gets the next clause
+# as a segment of its own (SentenceSplitter.speak_soon) instead of waiting for a sentence end.
+STARVING_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,19 @@ class Session:
             u = self.utterance = Utterance(next(self._ids), s, out, first_text_at=now)
         u.chars += len(text)
         u.last_text_at = now
+        if self._running_dry(u, now):  # a slow stream after a short sentence: no long silence
+            u.splitter.speak_soon()
         self._release(u, u.splitter.add(text), now)
+
+    def _running_dry(self, u: Utterance, now: float) -> bool:
+        """Everything released is synthesized and plays out within ``STARVING_S``."""
+        origin = u.playback_origin()
+        return (
+            origin is not None
+            and u.active is None
+            and not u.pending
+            and origin + u.produced_ms / 1000.0 <= now + STARVING_S
+        )
 
     def _release(self, u: Utterance, segments: list[str], now: float) -> None:
         origin = u.playback_origin()

@@ -1088,6 +1088,29 @@ def test_a_client_that_pauses_between_sentences_causes_no_underrun() -> None:
     assert h.messages("done")[0]["metrics"]["underruns"] == 1
 
 
+def reply_after_a_short_sentence(first_audio_ms: int) -> list[str]:
+    """ "Sure! " spoken, then a slow stream sends a long clause word by word at t = 1.0+."""
+    h = Harness()
+    h.send(m.Start(frame_ms=20, sample_rate=22050))
+    h.text("Sure! I", at=0.0)  # "Sure! " is a segment once "I" shows it has ended
+    h.run_all(constant(441 * first_audio_ms // 20))
+    frames_of(h, at=0.1)
+    rest = " can certainly help you with that order, and it ships today"
+    for i, word in enumerate(rest.split(" ")[1:]):
+        h.text(" " + word, at=1.0 + 0.2 * i)
+    h.run_all()
+    h.pop()
+    return [seg["text"] for seg in h.messages("segment")]
+
+
+def test_a_listener_run_dry_gets_the_next_clause_without_waiting_for_the_sentence() -> None:
+    # "Sure!" played out by t = 0.3 (+ its pause): the clause goes as soon as it is whole.
+    # (Segment events from here on: "Sure!" went out before.)
+    assert reply_after_a_short_sentence(200) == ["I can certainly help you with that order,"]
+    # 10 s of "Sure!" still to play: nothing to hurry, the sentence is kept whole.
+    assert reply_after_a_short_sentence(10_000) == []
+
+
 def test_stall_moves_the_compute_deadline() -> None:
     h = Harness()
     h.text("Hello there. More. ", at=0.0)

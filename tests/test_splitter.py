@@ -314,3 +314,12 @@ def test_flush_words_loses_nothing(pieces: list[str]) -> None:
         out += splitter.flush_words()
     out += splitter.finish()
     assert "".join(out) == "".join(pieces)
+
+
+def test_speak_soon_lets_a_later_segment_end_at_a_clause() -> None:
+    splitter = SentenceSplitter()
+    assert splitter.add("Sure! I can certainly help you with that order") == ["Sure! "]
+    assert splitter.add(", and more") == []  # not the first segment: waits for its end
+    splitter.speak_soon()
+    assert splitter.add(" ") == ["I can certainly help you with that order, "]
+    assert splitter.finish() == ["and more "]
