@@ -269,30 +269,25 @@ class Session:
             u = self.utterance = Utterance(next(self._ids), s, out, first_text_at=now)
         u.chars += len(text)
         u.last_text_at = now
-        if self._running_dry(u, now):  # a slow stream after a short sentence: no long silence
+        if self._running_dry(u, now, STARVING_S):  # a slow stream after a short sentence
             u.splitter.speak_soon()
         self._release(u, u.splitter.add(text), now)
 
-    def _running_dry(self, u: Utterance, now: float) -> bool:
-        """Everything released is synthesized and plays out within ``STARVING_S``."""
+    @staticmethod
+    def _running_dry(u: Utterance, now: float, within_s: float) -> bool:
+        """Everything released is synthesized, and the listener has played it all by
+        ``now + within_s``: more audio can only come from text the client has not sent."""
         origin = u.playback_origin()
         return (
             origin is not None
             and u.active is None
             and not u.pending
-            and origin + u.produced_ms / 1000.0 <= now + STARVING_S
+            and origin + u.produced_ms / 1000.0 <= now + within_s
         )
 
     def _release(self, u: Utterance, segments: list[str], now: float) -> None:
-        origin = u.playback_origin()
-        if (
-            origin is not None
-            and u.active is None
-            and not u.pending
-            and origin + u.produced_ms / 1000.0 <= now
-            and any(text.strip() for text in segments)
-        ):  # nothing left to say and all of it played: the listener waits for the client
-            u.restart_at_ms = u.produced_ms
+        if any(text.strip() for text in segments) and self._running_dry(u, now, within_s=0.0):
+            u.restart_at_ms = u.produced_ms  # all of it played: the listener waited for text
         for text in segments:
             if not text.strip():
                 continue  # whitespace only: nothing to say, no segment, no pause

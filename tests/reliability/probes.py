@@ -25,11 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+from conftest import IN_CI
 from wsclient import scrape_metrics, speak
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HAS_PROC = Path("/proc/self/status").exists()
+# For tests that read the server's /proc: skipped without it, except under CI, where a
+# missing dependency must fail.
+NEEDS_PROC = pytest.mark.skipif(not HAS_PROC and not IN_CI, reason="reads the server's /proc")
 MB = 1024 * 1024
 MAX_SAMPLING_S = 600.0  # an RssSampler stops by itself after this
 

@@ -257,6 +257,17 @@ def median(values: Sequence[float]) -> float:
 TTFT_SLACK_MS = 100.0
 
 
+def neighbour_ttfts(alone: list[Timed], beside: list[Timed]) -> tuple[float, float]:
+    """Median server TTFT alone and beside a disturbance, after checking that every
+    utterance beside it produced byte-identical audio to the first one alone."""
+    for run in beside:
+        assert run.audio == alone[0].audio
+    return (
+        median([t.server_ttft_ms for t in alone]),
+        median([t.server_ttft_ms for t in beside]),
+    )
+
+
 def assert_ttft_undisturbed(alone_ms: float, disturbed_ms: float) -> None:
     """Disturbed median TTFT under ``2 * alone + TTFT_SLACK_MS``.
 

@@ -26,10 +26,10 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from conftest import IN_CI, RunningServer, start_server
+from conftest import RunningServer, start_server
 from probes import (
-    HAS_PROC,
     MB,
+    NEEDS_PROC,
     OP_BINARY,
     OP_CONT,
     OP_TEXT,
@@ -52,7 +52,7 @@ from engine.chunking import ChunkSchedule
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.skipif(not HAS_PROC and not IN_CI, reason="reads the server's /proc"),
+    NEEDS_PROC,
 ]
 
 SEND_TIMEOUT_S = 3.0

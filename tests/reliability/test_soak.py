@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import IN_CI, RunningServer
-from probes import HAS_PROC, ProcStat, cpu_contention, mb, settle
+from conftest import RunningServer
+from probes import NEEDS_PROC, ProcStat, cpu_contention, mb, settle
 from wsclient import check_utterance, speak
 
 from client.load import Options, run_load
@@ -59,7 +59,7 @@ PROBED = (
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(SOAK_S + WARMUP_S + 300),
-    pytest.mark.skipif(not HAS_PROC and not IN_CI, reason="reads the server's /proc"),
+    NEEDS_PROC,
 ]
 
 

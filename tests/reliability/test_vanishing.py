@@ -26,9 +26,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import IN_CI, RunningServer
+from conftest import RunningServer
 from probes import (
-    HAS_PROC,
+    NEEDS_PROC,
     OP_BINARY,
     OP_CLOSE,
     OP_TEXT,
@@ -46,7 +46,7 @@ from wsclient import check_utterance, speak
 
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not HAS_PROC and not IN_CI, reason="reads the server's /proc"),
+    NEEDS_PROC,
 ]
 
 TOTAL = 1000
