@@ -441,7 +441,13 @@ async def main(config: Config) -> int:
     )
     started = time.perf_counter()
     load = loop.run_in_executor(
-        None, lambda: Engine.load(config.voice, voices_dir=config.voices, threads=config.threads)
+        None,
+        lambda: Engine.load(
+            config.voice,
+            voices_dir=config.voices,
+            threads=config.threads,
+            concurrency=config.workers + config.urgent_workers,
+        ),
     )
     waiter = asyncio.ensure_future(stop.wait())
     racers: list[asyncio.Future[Any]] = [load, waiter]

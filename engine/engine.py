@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from engine import warm
 from engine.chunking import ChunkSchedule
 from engine.piper_voice import Float32Array, PiperStreamingVoice
 from engine.split_cache import default_cache_dir
@@ -76,6 +77,10 @@ class Voice(Protocol):
         """Float32 mono chunks at ``sample_rate`` for one segment of text (closable)."""
         ...
 
+    def warm(self, copies: int) -> None:
+        """Run the widest windows ``copies`` at once, growing memory to that (see ``warm``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class SpeechChunk:
@@ -116,6 +121,7 @@ class Engine:
         threads: int = 1,
         cache_dir: str | Path | None = None,
         schedule: ChunkSchedule | None = None,
+        concurrency: int = 1,
     ) -> Engine:
         """Load and warm voices; return when the first request will be fast.
 
@@ -127,7 +133,10 @@ class Engine:
         in ``voice_errors`` while the others serve. An explicitly named
         ``voice`` that fails raises :class:`VoiceLoadError`. The bundled voice
         is loaded too unless ``include_default`` is false; it is the default
-        voice unless ``voice`` names another.
+        voice unless ``voice`` names another. ``concurrency`` is how many
+        synthesis calls the caller will run at once (the server's engine
+        workers): each voice is warmed with that many at once, so that its
+        memory is at working size before the first request.
         """
         start = time.perf_counter()
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -160,6 +169,17 @@ class Engine:
                 errors[name] = str(exc)
         if not loaded:
             raise VoiceLoadError("no voice could be loaded: " + "; ".join(errors.values()))
+        if concurrency > 1:
+            for name, loaded_voice in loaded.items():
+                began = time.perf_counter()
+                for _ in range(warm.ROUNDS):
+                    loaded_voice.warm(warm.copies_for(concurrency))
+                log.info(
+                    "engine: %s warmed for %d calls at once in %.2f s",
+                    name,
+                    concurrency,
+                    time.perf_counter() - began,
+                )
         default = next(iter(loaded))
         log.info("engine: ready, %d voice(s) in %.2f s", len(loaded), time.perf_counter() - start)
         return cls(loaded, default, errors)

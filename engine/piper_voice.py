@@ -30,6 +30,7 @@ from engine.chunking import ChunkSchedule, FlowProgress
 from engine.graph_split import GraphSplitError
 from engine.split_cache import SplitFiles, file_sha256, load_or_split
 from engine.voice_files import VoiceFiles, VoiceLoadError, read_config
+from engine.warm import Sync, run_together
 
 log = logging.getLogger("engine")
 
@@ -242,10 +243,22 @@ class PiperStreamingVoice:
         """
         for _ in self.synthesize("Hi."):
             pass
+        self._run_largest(lambda: None)
+
+    def warm(self, copies: int) -> None:
+        """Run the largest windows on ``copies`` threads at once (see :mod:`engine.warm`)."""
+        run_together(self._run_largest, copies)
+
+    def _run_largest(self, sync: Sync) -> None:
+        """Frontend on the probe, then flow and vocoder at their widest windows; ``sync`` first."""
+        sync()
         if self.stages is None:
+            for _ in self.synthesize(PROBE_TEXT):
+                pass
             return
         s, plan = self.stages, self.schedule
         latents = self._frontend(self._probe_ids(), 1.0, noise=False)
+        sync()
         frames = plan.max_frames + 2 * plan.flow_context
         tiled = {
             n: np.take(v, np.arange(frames) % v.shape[-1], axis=-1) if n in s.time_axis else v
@@ -254,6 +267,7 @@ class PiperStreamingVoice:
         flowed = s.flow.run(None, {n: tiled[n] for n in s.files.flow_inputs})
         named = {**tiled, **dict(zip(s.files.flow_outputs, flowed, strict=True))}
         width = plan.max_frames + 2 * plan.vocoder_context
+        sync()
         s.vocoder.run(
             None,
             {

@@ -37,6 +37,7 @@ from engine.vits_files import VitsFiles, read_tokenizer_config, read_vits_config
 from engine.vits_model import VitsStages, load_model, receptive_fields
 from engine.vits_text import VitsText
 from engine.voice_files import VoiceLoadError
+from engine.warm import Sync, run_together
 
 log = logging.getLogger("engine")
 
@@ -231,6 +232,24 @@ class VitsStreamingVoice:
         first = plan.first_frames + plan.vocoder_context
         self._flow(_tiled(prior, first + plan.flow_context), speaker)
         self._decode(_tiled(prior, first), speaker)
+
+    def warm(self, copies: int) -> None:
+        """Run the widest windows on ``copies`` threads at once (see :mod:`engine.warm`)."""
+        run_together(self._run_largest, copies)
+
+    def _run_largest(self, sync: Sync) -> None:
+        """Frontend on the probe, then flow and decoder at their widest windows; ``sync`` first."""
+        sync()
+        if not self.streaming:
+            for _ in self.synthesize(PROBE_TEXT):
+                pass
+            return
+        plan = self.schedule
+        prior, speaker = self._frontend(self._probe_ids(), 1.0, noise=False)
+        sync()
+        self._flow(_tiled(prior, plan.max_frames + 2 * plan.flow_context), speaker)
+        sync()
+        self._decode(_tiled(prior, plan.max_frames + 2 * plan.vocoder_context), speaker)
 
     # --------------------------------------------------------------- synthesis
     def synthesize(self, text: str, speed: float = 1.0) -> Generator[Float32Array, None, None]:

@@ -262,10 +262,11 @@ async def test_slow_readers_are_paused_bounded_closed_and_harm_no_one(
 ) -> None:
     pid = srv.process.pid
     # The control first: as many clients asking for the same, reading in real time. The
-    # engine's native memory grows to its working size for these sentences on first use
-    # (+40 MB here), whoever the clients are; the baseline is taken after it, so what is
-    # measured below is what a slow reader costs beyond a normal one.
-    # Under CPU contention, so that contention later cannot step that working set up.
+    # server warms onnxruntime's arenas for its engine workers before it is ready
+    # (engine/warm.py); what normal readers still add (allocator arenas of threads that
+    # start lazily) is in the baseline, so what is measured below is what a slow reader
+    # costs beyond a normal one. Under CPU contention, so that contention later cannot
+    # step that working set up.
     with cpu_contention():
         await asyncio.gather(*(normal_reader(srv, CONTROL_S) for _ in range(SLOW_READERS)))
     ttft_idle = median([t for t, _ in await probe_ttfts(srv, 5)])
