@@ -389,7 +389,9 @@ class _Link:
                             await self.wake_producer.wait()
                     continue
                 chunk, seconds = await app.scheduler.run(
-                    s.compute_deadline(job, time.monotonic()), step
+                    s.compute_deadline(job, time.monotonic()),
+                    step,
+                    first=s.awaiting_first_audio(job),
                 )
                 if chunk is None:
                     s.finish_job(job, seconds)

@@ -405,12 +405,20 @@ class Session:
             self._push(SendDone(u))  # the utterance stays current until its done is sent
 
     def compute_deadline(self, job: SegmentJob, now: float) -> float:
-        """Earliest-deadline-first key: when the listener runs out of audio."""
+        """Earliest-deadline-first key: when the listener runs out of audio.
+
+        Before the first frame of the utterance: when its text arrived (the
+        listener is waiting already; see :meth:`awaiting_first_audio`).
+        """
         u = job.utterance
         origin = u.playback_origin()
         if origin is None:
             return job.trigger_at
         return origin + u.produced_ms / 1000.0
+
+    def awaiting_first_audio(self, job: SegmentJob) -> bool:
+        """True while the listener of ``job``'s utterance has had no frame yet."""
+        return job.utterance.playback_origin() is None
 
     def compute_wait(self, job: SegmentJob, now: float) -> float:
         """Seconds to wait before computing more of ``job``: bounds audio ahead of playback."""

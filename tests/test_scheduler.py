@@ -321,3 +321,106 @@ async def test_waiter_that_falls_due_is_promoted_to_the_urgent_slot(gate: thread
         await held
     finally:
         s.shutdown()
+
+
+async def test_a_first_call_takes_the_urgent_slot_whatever_its_deadline(
+    gate: threading.Event,
+) -> None:
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
+    try:
+        holder = Holder(gate)
+        held = asyncio.create_task(s.run(clock.now, holder))
+        await until(holder.started.is_set)
+        first = asyncio.create_task(s.run(clock.now + 5.0, recorder([], "first"), first=True))
+        assert await asyncio.wait_for(first, TIMEOUT) == "first"
+        assert not holder.finished.is_set()  # it did not wait for the normal worker
+        gate.set()
+        await held
+    finally:
+        s.shutdown()
+
+
+async def test_in_a_burst_the_urgent_slot_serves_first_calls_and_the_worker_deadlines() -> None:
+    # The urgent slot and the worker are busy; one listener waits for its first audio
+    # (deadline: arrival + budget), two already listening wait for their next chunk.
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
+    gates = [threading.Event(), threading.Event()]
+    try:
+        holders = [Holder(g) for g in gates]
+        held = [
+            asyncio.create_task(s.run(clock.now, holders[0])),
+            asyncio.create_task(s.run(clock.now, holders[1], first=True)),
+        ]
+        await until(lambda: all(h.started.is_set() for h in holders))
+        order: list[str] = []
+        first = asyncio.create_task(s.run(clock.now + 0.5, recorder(order, "first"), first=True))
+        soon = asyncio.create_task(s.run(clock.now + 0.3, recorder(order, "soon")))
+        later = asyncio.create_task(s.run(clock.now + 0.9, recorder(order, "later")))
+        await until(lambda: s.queued == 3)
+        gates[1].set()  # the urgent slot frees: neither listening call is due, the first is
+        await asyncio.wait_for(first, TIMEOUT)
+        await asyncio.sleep(0.05)
+        assert order == ["first"] and s.queued == 2  # the urgent slot stays free
+        gates[0].set()  # the worker frees: the listening calls in deadline order
+        await asyncio.wait_for(asyncio.gather(soon, later, *held), TIMEOUT)
+        assert order == ["first", "soon", "later"]
+    finally:
+        for g in gates:
+            g.set()
+        s.shutdown()
+
+
+async def test_an_urgent_slot_goes_to_a_due_listener_before_a_later_first_call() -> None:
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
+    gates = [threading.Event(), threading.Event()]
+    try:
+        holders = [Holder(g) for g in gates]
+        held = [
+            asyncio.create_task(s.run(clock.now, holders[0])),
+            asyncio.create_task(s.run(clock.now, holders[1], first=True)),
+        ]
+        await until(lambda: all(h.started.is_set() for h in holders))
+        order: list[str] = []
+        first = asyncio.create_task(s.run(clock.now + 0.5, recorder(order, "first"), first=True))
+        due = asyncio.create_task(s.run(clock.now + 0.1, recorder(order, "due")))
+        await until(lambda: s.queued == 2)
+        gates[1].set()  # the urgent slot frees: the due listener has the earlier deadline
+        await asyncio.wait_for(asyncio.gather(due, first), TIMEOUT)
+        assert order == ["due", "first"]
+        assert not holders[0].finished.is_set()  # both ran on the urgent slot
+        gates[0].set()
+        await asyncio.wait_for(asyncio.gather(*held), TIMEOUT)
+    finally:
+        for g in gates:
+            g.set()
+        s.shutdown()
+
+
+async def test_a_listener_about_to_run_out_goes_before_first_chunks_which_go_before_the_rest(
+    gate: threading.Event,
+) -> None:
+    clock = FakeClock()
+    s = EdfScheduler(1, urgent_slots=0, protect_within=0.5, clock=clock)
+    try:
+        holder = Holder(gate)
+        held = asyncio.create_task(s.run(clock.now, holder))
+        await until(holder.started.is_set)
+        order: list[str] = []
+        calls = [
+            s.run(clock.now + 2.0, recorder(order, "relaxed")),
+            s.run(clock.now - 0.1, recorder(order, "first, older"), first=True),
+            s.run(clock.now + 0.7, recorder(order, "later")),
+            s.run(clock.now, recorder(order, "first"), first=True),
+            s.run(clock.now + 0.3, recorder(order, "soon")),
+        ]
+        tasks = [asyncio.create_task(c) for c in calls]
+        await until(lambda: s.queued == 5)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(held, *tasks), TIMEOUT)
+        # Due within 0.5 s: protected; then first chunks by arrival; then by deadline.
+        assert order == ["soon", "first, older", "first", "later", "relaxed"]
+    finally:
+        s.shutdown()

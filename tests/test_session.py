@@ -743,6 +743,18 @@ def test_deadline_of_a_fresh_utterance_is_its_trigger_time() -> None:
     job = h.s.next_job()
     assert job is not None
     assert h.s.compute_deadline(job, now=3.2) == 3.0
+    assert h.s.awaiting_first_audio(job)
+
+
+def test_once_a_frame_is_out_the_listener_no_longer_awaits_first_audio() -> None:
+    h = Harness()
+    h.text("Hello there. How are", at=3.0)
+    h.run_job(constant(22050 * 2))
+    h.pop(at=3.1)
+    h.send(m.Flush(), at=3.5)
+    job = h.s.next_job()
+    assert job is not None
+    assert not h.s.awaiting_first_audio(job)
 
 
 def test_deadline_with_audio_buffered_is_when_the_listener_runs_out() -> None:
