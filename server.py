@@ -41,7 +41,7 @@ from protocol.session import (
     Session,
     utterance_metrics,
 )
-from service import http, redact
+from service import http, http_log, redact
 from service.config import Config, parse_config
 from service.metrics import Metrics
 from service.ratelimit import TokenBucket
@@ -95,10 +95,13 @@ class App:
                 return http.text(503, "draining" if self.draining else "loading")
             if self.config.when_full == "503" and len(self.sessions) >= self.config.max_sessions:
                 self.metrics.errors.labels("server_full").inc()
+                log.info("refused a WebSocket handshake: server full (503)")
                 return http.text(503, "server full")  # a load balancer retries another replica
             token = parse_qs(parts.query).get("token", [None])[0]
             expected = self.config.token
             if expected is not None and token is not None and not token_matches(token, expected):
+                self.metrics.errors.labels("unauthorized").inc()
+                log.info("refused a WebSocket handshake: wrong token (401)")
                 return http.text(401, "wrong token")
             return None  # go on with the WebSocket handshake
         return http.static_file(path)
@@ -137,6 +140,7 @@ class App:
         # so anonymous sockets cannot take the places of clients that hold the token.
         if self.count(authenticated) >= c.max_sessions:
             self.metrics.errors.labels("server_full").inc()
+            log.info("closed a new session: server full (1013, --max-sessions %d)", c.max_sessions)
             await conn.close(1013, "server full, try again later")
             return
         session = Session(
@@ -411,17 +415,9 @@ class _Link:
                 chunks.close()
 
 
-async def main(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    redact.install()  # tokens never reach a log line, whatever the level
-    app = App(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    server: Server = await serve(
+async def _listen(app: App, config: Config) -> Server:
+    """The WebSocket + HTTP server on ``config.host:port``; ``OSError`` if it cannot bind."""
+    return await serve(
         app.handler,
         config.host,
         config.port,
@@ -435,6 +431,24 @@ async def main(config: Config) -> int:
         ping_timeout=20,
         close_timeout=5,
     )
+
+
+async def main(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    redact.install()  # tokens never reach a log line, whatever the level
+    http_log.install()  # no two lines per health probe or metrics scrape
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server: Server = await _listen(app, config)
+    except OSError as exc:  # port in use, address not on this host, no permission
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 1
     log.info(
         "listening on http://%s:%d (WebSocket %s); loading voices",
         config.host,

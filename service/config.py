@@ -111,6 +111,9 @@ def _range_problems(ns: argparse.Namespace) -> list[str]:
     return problems
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def env_name(flag: str) -> str:
     return "FIRSTWORD_" + flag.upper().replace("-", "_")
 
@@ -136,6 +139,8 @@ def parse_config(argv: list[str] | None = None, env: dict[str, str] | None = Non
         parser.error(problem)  # exits 2 with the usage line and this message
     if ns.when_full not in ("1013", "503"):
         parser.error("--when-full must be 1013 or 503")
+    if ns.log_level.upper() not in LOG_LEVELS:
+        parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {ns.log_level}")
     origins = tuple(o.strip() for o in ns.origins.split(",") if o.strip())
     return Config(
         host=ns.host,

@@ -124,6 +124,7 @@ def test_empty_token_means_no_token() -> None:
         ["--grace", "nan"],
         ["--send-timeout", "inf"],
         ["--max-text-chars", "200", "--max-utterance-chars", "100"],
+        ["--log-level", "chatty"],
     ],
 )
 def test_invalid_flags_exit_with_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,3 +146,7 @@ def test_valid_flag_rescues_invalid_environment() -> None:
 def test_unparsable_environment_value_exits_with_usage() -> None:
     with pytest.raises(SystemExit):
         parse_config([], env={"FIRSTWORD_PORT": "abc"})
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert parse_config(["--log-level", "debug"], env={}).log_level == "DEBUG"

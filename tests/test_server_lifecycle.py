@@ -221,3 +221,22 @@ def test_bad_voice_makes_the_server_exit_non_zero_with_a_clear_message(
     log = srv.log()
     assert "preload failed" in log
     assert str(voice) in log and says in log, log[-2000:]
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_1(
+    server_factory: ServerFactory, server: RunningServer
+) -> None:
+    taken = server_factory("--port", str(server.port), wait=False)
+    assert taken.process.wait(60) == 1
+    log = taken.log()
+    assert f"cannot listen on 127.0.0.1:{server.port}" in log, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
+
+
+def test_health_probes_and_scrapes_leave_no_log_lines(server: RunningServer) -> None:
+    before = server.log().count("\n")
+    for path in ("/readyz", "/healthz", "/metrics", "/"):
+        assert http_get(server.http + path)[0] == 200
+    time.sleep(0.3)
+    added = server.log().splitlines()[before:]
+    assert not [line for line in added if "websockets.server" in line], added

@@ -18,6 +18,7 @@ Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -386,3 +387,49 @@ def test_page_files_are_served_with_script_types(server: RunningServer) -> None:
     for testid in ("text", "speak", "stop", "ttft", "status", "voice", "speed", "tokens"):
         assert f'data-testid="{testid}"' in page
     assert "<audio" not in page
+
+
+def test_a_full_server_is_retried_with_backoff_not_in_a_loop(
+    browser: Browser, server_factory: Callable[..., RunningServer]
+) -> None:
+    full = server_factory("--max-sessions", "1")
+    with open_page(browser, full.http + "/") as holder:
+        holder.wait_for("s.state === 'ready' && s.connected", timeout_s=15)
+        with open_page(browser, full.http + "/") as refused:
+            attempts: list[float] = []
+            refused.page.on("websocket", lambda ws: attempts.append(time.monotonic()))
+            refused.wait_for("s.state === 'connecting' && !s.connected", timeout_s=10)
+            refused.page.wait_for_timeout(6000)
+            status = refused.testid("status").inner_text()
+            # 0.5, 1, 2, 4 s apart: at most 4 tries in 6 s (a reset on every accepted
+            # socket retried every ~0.5 s: 12).
+            assert 2 <= len(attempts) <= 4, (len(attempts), status)
+            gaps = [b - a for a, b in itertools.pairwise(attempts)]
+            assert gaps == sorted(gaps), gaps
+            assert "server full" in status, status
+    assert not holder.unexpected_errors()
+
+
+def test_stopping_a_long_text_shows_a_shortened_unspoken_text(web: WebPage) -> None:
+    long_text = " ".join([LONG_TEXT] * 20)
+    web.testid("text").fill(long_text)
+    web.testid("speak").click()
+    web.wait_for("s.samplesPlayed > 0", timeout_s=30)
+    web.testid("stop").click()
+    web.wait_for("s.state === 'stopped' && s.unspokenText !== null", timeout_s=10)
+    stats = web.stats()
+    assert len(stats["unspokenText"]) > 1000, "the stats keep the whole text"
+    detail = web.testid("detail").inner_text()
+    assert "…" in detail and len(detail) < 600, len(detail)
+
+
+def test_speak_over_speak_reports_the_second_utterance_only(web: WebPage) -> None:
+    web.testid("text").fill(LONG_TEXT)
+    web.testid("speak").click()
+    web.wait_for("s.samplesPlayed > 0", timeout_s=30)
+    web.testid("text").fill(SHORT_TEXT)
+    stats = speak_and_wait_done(web)
+    # The first utterance's cancel answer must not leak into the second's figures.
+    assert stats["spokenText"] is None and stats["unspokenText"] is None, stats
+    assert stats["audioSentMs"] is None or stats["audioSentMs"] <= stats["audioMs"] + 1, stats
+    assert_played_everything(stats)

@@ -206,7 +206,12 @@ function connect() {
   let opened = false;
   socket.onopen = () => {
     opened = true;
-    retries = 0;
+    // The backoff restarts only once this socket has proved usable (a message, or 2 s
+    // open): a full server (1013) accepts the connection and closes it at once, and
+    // resetting on open retried it every 0.5 s for ever.
+    const proven = setTimeout(() => (retries = 0), 2000);
+    socket.addEventListener("message", () => (retries = 0), { once: true });
+    socket.addEventListener("close", () => clearTimeout(proven), { once: true });
     stats.connected = true;
     if (!utterance?.active) setStatus("ready", "ready");
     for (const resolve of openWaiters) resolve();
@@ -434,7 +439,7 @@ function onServerError(u, msg) {
   if (msg.code === "synthesis_failed" && u?.active) {
     // One segment failed; the rest of the utterance goes on.
     stats.lastError = msg.message;
-    ui.detail.textContent = `could not speak: “${msg.unspoken_text ?? ""}” (${msg.message})`;
+    ui.detail.textContent = `could not speak: “${shortened(msg.unspoken_text ?? "")}” (${msg.message})`;
     return;
   }
   if (u?.active) failUtterance(msg.message);
@@ -442,11 +447,21 @@ function onServerError(u, msg) {
 }
 
 function onCancelled(u, msg) {
-  if (!u) return; // a cancel we sent after an error
+  // A cancel we sent after an error, or one that stopped an utterance already replaced by
+  // the next (Speak over Speak): its figures are not the current utterance's.
+  if (!u || utterance !== u) return;
   stats.audioSentMs = msg.audio_sent_ms;
   stats.spokenText = msg.spoken_text;
   stats.unspokenText = msg.unspoken_text;
-  if (utterance === u) renderStopped(u);
+  renderStopped(u);
+}
+
+/** ``text`` cut to ``max`` characters (whole code points) with an ellipsis in the middle. */
+function shortened(text, max = 200) {
+  const points = Array.from(text);
+  if (points.length <= max) return text;
+  const half = Math.floor((max - 1) / 2);
+  return `${points.slice(0, half).join("")}…${points.slice(points.length - half).join("")}`;
 }
 
 function onFrame(buffer) {
@@ -550,8 +565,10 @@ function renderStopped(u) {
   const sentMs = stats.audioSentMs ? stats.audioSentMs : stats.audioMs;
   const sent = sentMs == null ? "" : ` of ${Math.round(sentMs)} ms sent`;
   setStatus("stopped", `stopped: heard ${heard}${sent}`);
-  const spoken = stats.spokenText ? `sent before the stop: “${stats.spokenText}”` : "";
-  const unspoken = stats.unspokenText ? ` · never spoken: “${stats.unspokenText}”` : "";
+  const spoken = stats.spokenText ? `sent before the stop: “${shortened(stats.spokenText)}”` : "";
+  const unspoken = stats.unspokenText
+    ? ` · never spoken: “${shortened(stats.unspokenText)}”`
+    : "";
   if (spoken || unspoken) ui.detail.textContent = spoken + unspoken;
 }
 

@@ -127,6 +127,8 @@ async def test_a_wrong_url_token_gets_401_at_the_handshake(
         async with connect(f"{guarded.ws}?{query}", origin=GOOD_ORIGIN, open_timeout=10):
             pass
     assert refused.value.response.status_code == 401
+    samples = await asyncio.to_thread(scrape_metrics, guarded.http)
+    assert samples.get('firstword_errors_total{code="unauthorized"}', 0) >= 1, samples
 
 
 async def test_bad_frames_before_the_token_produce_errors_and_no_audio(
