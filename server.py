@@ -235,6 +235,7 @@ class _Link:
             except ConnectionClosed:
                 return
             now = last_activity = time.monotonic()
+            msg = m.parse_client_message(frame, max_text_chars=c.max_text_chars)
             if self.bucket.take(now):
                 self.strikes = 0  # only a sustained flood closes the connection
             else:
@@ -243,10 +244,16 @@ class _Link:
                 if self.strikes > self.bucket.burst:
                     await self._close_now(1008, "message rate limit exceeded")
                     return
-                s.receive(m.ProtocolError("rate_limited", "too many messages; slow down"), now)
-                self._kick()
-                continue
-            msg = m.parse_client_message(frame, max_text_chars=c.max_text_chars)
+                # Over the limit, a text is refused and named; start, end, flush and cancel
+                # still apply (dropping one would leave an utterance open or a barge-in
+                # unheard), and so does a reply to a malformed message.
+                if isinstance(msg, m.Text):
+                    msg = m.ProtocolError(
+                        "rate_limited",
+                        "too many messages; this text was not accepted (send fewer,"
+                        " larger pieces)",
+                        unspoken_text=msg.text,
+                    )
             if self.app.draining and isinstance(msg, m.Text) and s.utterance is None:
                 msg = m.ProtocolError("server_draining", "the server is shutting down; reconnect")
             was_authenticated = s.authenticated

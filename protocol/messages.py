@@ -38,10 +38,16 @@ MIN_SPEED, MAX_SPEED = 0.5, 2.0
 
 @dataclass(frozen=True)
 class ProtocolError:
-    """A problem with what the client sent; becomes an ``error`` message."""
+    """A problem with what the client sent; becomes an ``error`` message.
+
+    ``unspoken_text`` is set when the problem is that a ``text`` message was
+    not accepted (over the rate limit): the client learns exactly which text
+    will not be spoken.
+    """
 
     code: ErrorCode
     message: str
+    unspoken_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,10 @@ def encode(message: dict[str, Any]) -> str:
 
 
 def error_message(error: ProtocolError) -> dict[str, Any]:
-    return {"type": "error", "code": error.code, "message": error.message}
+    message = {"type": "error", "code": error.code, "message": error.message}
+    if error.unspoken_text is not None:
+        message["unspoken_text"] = error.unspoken_text
+    return message
 
 
 def ready_message(

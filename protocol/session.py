@@ -163,7 +163,7 @@ class Session:
     def receive(self, msg: m.ClientMessage | m.ProtocolError, now: float) -> None:
         """Apply one parsed client message."""
         if isinstance(msg, m.ProtocolError):
-            return self._error(msg.code, msg.message)
+            return self._push(SendJson(m.error_message(msg)))
         if isinstance(msg, m.Start):
             return self._start(msg)
         if not self._authenticated:

@@ -442,7 +442,8 @@ async def test_separate_small_bursts_over_the_rate_limit_do_not_close_the_sessio
                 await ws.send('{"type":"cancel"}')
             async with asyncio.timeout(10):
                 replies = [json.loads(await ws.recv()) for _ in range(13)]
-            assert sum(r.get("code") == "rate_limited" for r in replies) == 3
+            # Over the limit a cancel still applies (a barge-in is never dropped).
+            assert [r["type"] for r in replies] == ["cancelled"] * 13
             await asyncio.sleep(2.2)  # the bucket is full again: the client is compliant
         await ws.send('{"type":"cancel"}')
         async with asyncio.timeout(10):

@@ -474,6 +474,21 @@ def test_protocol_errors_become_error_messages() -> None:
     assert h.wire == [{"type": "error", "code": "rate_limited", "message": "slow down"}]
 
 
+def test_a_refused_text_is_named_in_the_error() -> None:
+    h = Harness()
+    h.send(m.ProtocolError("rate_limited", "not accepted", unspoken_text="Hello there."))
+    h.pop()
+    assert h.wire == [
+        {
+            "type": "error",
+            "code": "rate_limited",
+            "message": "not accepted",
+            "unspoken_text": "Hello there.",
+        }
+    ]
+    assert h.s.utterance is None
+
+
 # ------------------------------------------------------------------ limits
 def test_utterance_char_limit_rejects_the_text() -> None:
     h = Harness(limits=Limits(max_utterance_chars=20))
