@@ -250,8 +250,7 @@ class _Link:
                 if isinstance(msg, m.Text):
                     msg = m.ProtocolError(
                         "rate_limited",
-                        "too many messages; this text was not accepted (send fewer,"
-                        " larger pieces)",
+                        "too many messages; this text was not accepted (send fewer, larger pieces)",
                         unspoken_text=msg.text,
                     )
             if self.app.draining and isinstance(msg, m.Text) and s.utterance is None:

@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
+from urllib.parse import urlsplit
 
 from client.errors import TTSConnectionError, TTSError
 from client.events import FORMATS, Audio, AudioFormat, Cancelled, Done, Error, Segment
@@ -44,6 +45,8 @@ from client.session import DEFAULT_URL, TTSClient
 
 PROGRESS_AFTER_CHARS: Final = 300
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Errors the server gives a `start` whose settings (--rate, --speed, --voice, ...) it refuses.
+SETTING_ERRORS: Final = frozenset({"bad_field", "unknown_voice"})
 PLAYER_COMMANDS: Final = ("aplay", "paplay", "ffplay")
 
 
@@ -228,6 +231,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args = parser.parse_args(argv)
+    if urlsplit(args.url).scheme not in ("ws", "wss") or not urlsplit(args.url).hostname:
+        parser.error(f"--url must be a ws:// or wss:// URL, not {args.url!r}")
     if args.output is None and not args.play:
         parser.error("nothing to do: give -o FILE and/or --play")
     if args.tokens is not None and not args.tokens > 0:
@@ -291,14 +296,21 @@ async def run(args: argparse.Namespace, text: str) -> int:
         frame_ms=args.frame_ms,
         speed=args.speed,
         token=args.token,
+        # Only a file: as fast as the server can make it. Playing: paced like a listener.
+        realtime=args.play,
         max_retries=args.retries,
     )
     started = time.perf_counter()
     try:
         ready = await client.connect()
     except TTSError as exc:
-        if isinstance(exc, TTSConnectionError):
+        if isinstance(exc, TTSConnectionError) and not exc.server_answered:
             report.error(f"{exc.message}\n       is the server running at {args.url}?")
+        elif isinstance(exc, TTSConnectionError):
+            report.error(f"{exc.message}\n       the server is busy or restarting; try again")
+        elif exc.code in SETTING_ERRORS:  # a flag value the server does not accept
+            report.error(f"the server refused the settings: {exc.code}: {exc.message}")
+            return EXIT_USAGE
         else:
             report.error(f"the server refused the request: {exc.code}: {exc.message}")
         return EXIT_FAILED

@@ -13,7 +13,15 @@ class TTSError(Exception):
 
 
 class TTSConnectionError(TTSError):
-    """The server could not be reached (or kept refusing) within the retry budget."""
+    """The server could not be reached (or kept refusing) within the retry budget.
+
+    ``server_answered`` is true when the last attempt reached a server that
+    refused for now (full, draining, HTTP 502-504), false when nothing answered.
+    """
+
+    def __init__(self, code: str, message: str, *, server_answered: bool = False) -> None:
+        super().__init__(code, message)
+        self.server_answered = server_answered
 
 
 class UtteranceInProgress(RuntimeError):

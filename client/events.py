@@ -53,6 +53,7 @@ class Ready:
     frame_ms: int
     speed: float
     channels: int = 1
+    realtime: bool = True
 
     def __post_init__(self) -> None:
         bytes_per_sample(self.format)
@@ -216,6 +217,7 @@ def _from_json(data: dict[str, Any]) -> Event | None:
             int(data["frame_ms"]),
             float(data["speed"]),
             int(data.get("channels", 1)),
+            bool(data.get("realtime", True)),
         )
     return None
 

@@ -85,15 +85,26 @@ CLIENT_CLOSED: Final = "client_closed"
 
 
 class _Retry(Exception):
-    """A connection attempt failed in a way that may pass on a later attempt."""
+    """A connection attempt failed in a way that may pass on a later attempt.
+
+    ``answered``: the server was reached and said no for now (HTTP 503, close
+    1013/1001), as opposed to no answer at all (refused, timeout).
+    """
+
+    def __init__(self, reason: str, *, answered: bool = False) -> None:
+        super().__init__(reason)
+        self.answered = answered
 
 
 class TTSClient:
     """A protocol v1 connection with lazy reconnects; use as ``async with``.
 
-    Settings (``voice``, ``format``, ``sample_rate``, ``frame_ms``, ``speed``)
-    are sent in ``start`` on every (re)connect; ``None`` leaves the server's
-    default. ``token`` goes in ``start``, not in the URL (URLs end up in logs).
+    Settings (``voice``, ``format``, ``sample_rate``, ``frame_ms``, ``speed``,
+    ``realtime``) are sent in ``start`` on every (re)connect; ``None`` leaves
+    the server's default. ``realtime=False`` is for a client that stores the
+    audio instead of playing it: the server then sends it as fast as it can
+    make it (behind every real-time listener) instead of ~4 s ahead of playback.
+    ``token`` goes in ``start``, not in the URL (URLs end up in logs).
 
     Bounds (seconds): ``connect_timeout_s`` for the TCP + WebSocket handshake
     and again for ``ready``; ``response_timeout_s`` of server silence once
@@ -112,6 +123,7 @@ class TTSClient:
         frame_ms: int = 20,
         speed: float = 1.0,
         token: str | None = None,
+        realtime: bool = True,
         reconnect: bool = True,
         max_retries: int = 5,
         retry_base_s: float = 0.25,
@@ -126,6 +138,8 @@ class TTSClient:
         bytes_per_sample(format)  # fail here, not at the server, on an unknown format
         self.url = url
         start: dict[str, Any] = {"type": "start", "format": format, "frame_ms": frame_ms}
+        if not realtime:
+            start["realtime"] = False
         optional = {"speed": speed, "voice": voice, "sample_rate": sample_rate, "token": token}
         start.update((key, value) for key, value in optional.items() if value is not None)
         self._start_message = json.dumps(start)
@@ -198,7 +212,9 @@ class TTSClient:
                 if attempt >= self.retry.max_retries:
                     tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
                     raise TTSConnectionError(
-                        "connection_failed", f"cannot connect to {self.url} ({tries}): {exc}"
+                        "connection_failed",
+                        f"cannot connect to {self.url} ({tries}): {exc}",
+                        server_answered=exc.answered,
                     ) from None
                 delay = self.retry.delay(attempt, self._rng)
                 log.info("connect to %s failed (%s); retry in %.2f s", self.url, exc, delay)
@@ -220,7 +236,7 @@ class TTSClient:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in (502, 503, 504):
-                raise _Retry(f"HTTP {status}") from None
+                raise _Retry(f"HTTP {status}", answered=True) from None
             code = "unauthorized" if status in (401, 403) else "handshake_rejected"
             raise TTSError(code, f"the server answered HTTP {status} to the handshake") from None
         except InvalidURI as exc:
@@ -254,7 +270,7 @@ class TTSClient:
             code = exc.rcvd.code if exc.rcvd is not None else 1006
             reason = exc.rcvd.reason if exc.rcvd is not None else "no close frame"
             if code in RETRYABLE_CLOSE_CODES:
-                raise _Retry(f"closed with {code} {reason}".strip()) from None
+                raise _Retry(f"closed with {code} {reason}".strip(), answered=True) from None
             raise TTSError("connection_refused", f"closed with {code} {reason}") from None
         except TimeoutError:
             raise _Retry(f"no ready within {self.connect_timeout_s} s") from None

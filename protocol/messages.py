@@ -60,6 +60,7 @@ class Start:
     frame_ms: int | None = None
     speed: float | None = None
     token: str | None = None
+    realtime: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,10 @@ def _parse_start(data: dict[str, Any]) -> Start | ProtocolError:
     if token is not None and not (isinstance(token, str) and _is_unicode(token)):
         return ProtocolError("bad_field", "'token' must be a string (valid Unicode)")
     fields["token"] = token
+    realtime = data.get("realtime")
+    if realtime is not None and not isinstance(realtime, bool):
+        return ProtocolError("bad_field", "'realtime' must be true or false")
+    fields["realtime"] = realtime
     return Start(**fields)
 
 
@@ -199,7 +204,13 @@ def error_message(error: ProtocolError) -> dict[str, Any]:
 
 
 def ready_message(
-    session_id: str, voice: str, fmt: str, sample_rate: int, frame_ms: int, speed: float
+    session_id: str,
+    voice: str,
+    fmt: str,
+    sample_rate: int,
+    frame_ms: int,
+    speed: float,
+    realtime: bool = True,
 ) -> dict[str, Any]:
     return {
         "type": "ready",
@@ -209,6 +220,7 @@ def ready_message(
         "sample_rate": sample_rate,
         "frame_ms": frame_ms,
         "speed": speed,
+        "realtime": realtime,
         "channels": 1,
     }
 

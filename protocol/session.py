@@ -53,11 +53,15 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
+    """``realtime`` false: a client that stores the audio (a file, a batch job) rather
+    than play it as it comes: no look-ahead bound, no underruns, lowest priority."""
+
     voice: str
     format: AudioEncoding
     sample_rate: int
     frame_ms: int
     speed: float
+    realtime: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,7 @@ class Session:
             rate,
             msg.frame_ms or s.frame_ms,
             msg.speed if msg.speed is not None else s.speed,
+            msg.realtime if msg.realtime is not None else s.realtime,
         )
         self._ready()
 
@@ -242,7 +247,9 @@ class Session:
         s = self.settings
         self._push(
             SendJson(
-                m.ready_message(self.id, s.voice, s.format, s.sample_rate, s.frame_ms, s.speed)
+                m.ready_message(
+                    self.id, s.voice, s.format, s.sample_rate, s.frame_ms, s.speed, s.realtime
+                )
             )
         )
         self._ready_sent = True
@@ -428,6 +435,8 @@ class Session:
         ahead = u.produced_ms - played
         if u.produced_ms - u.sent_ms > self.limits.max_unsent_ms:
             return 0.05  # the client is not reading: pause until it does
+        if not u.settings.realtime:
+            return 0.0  # as fast as the engine allows; its deadlines put it behind listeners
         return max(0.0, (ahead - self.limits.lookahead_ms) / 1000.0)
 
     # ---------------------------------------------------------------- output
@@ -469,6 +478,8 @@ class Session:
         if u.first_frame_at is None:
             u.first_frame_at = now
             return False
+        if not u.settings.realtime:
+            return False  # nobody plays it as it comes: a late frame is no gap
         origin = u.playback_origin()
         assert origin is not None
         offset_ms = u.sent_ms - item.frame.duration_ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import os
@@ -9,11 +10,14 @@ import re
 import struct
 import subprocess
 import sys
+import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, RunningServer, free_port
+from websockets.asyncio.client import connect
 
 from client.cli import WavWriter
 
@@ -111,12 +115,47 @@ def test_server_down_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_error_event_exits_non_zero(server: RunningServer, tmp_path: Path) -> None:
-    result = run_cli(
-        "Hello", "-o", str(tmp_path / "x.wav"), "--url", server.ws, "--voice", "nosuch"
-    )
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--voice", "nosuch"], "unknown_voice"),
+        (["--rate", "100"], "'sample_rate' must be an integer from 8000 to 48000"),
+        (["--speed", "5"], "'speed' must be a number"),
+    ],
+)
+def test_settings_the_server_refuses_are_usage_errors(
+    server: RunningServer, tmp_path: Path, flags: list[str], says: str
+) -> None:
+    result = run_cli("Hello", "-o", str(tmp_path / "x.wav"), "--url", server.ws, *flags)
+    assert result.returncode == 2, result.stderr
+    assert "refused the settings" in result.stderr and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.wav").exists()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:8765/v1/tts", "ws://"])
+def test_a_url_that_is_not_a_websocket_url_is_a_usage_error(tmp_path: Path, url: str) -> None:
+    result = run_cli("Hello", "-o", str(tmp_path / "x.wav"), "--url", url)
+    assert result.returncode == 2, result.stderr
+    assert "--url must be a ws:// or wss:// URL" in result.stderr
+
+
+def test_a_full_server_is_not_reported_as_down(
+    server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    full = server_factory("--max-sessions", "1")
+
+    async def hold_and_ask() -> subprocess.CompletedProcess[str]:
+        async with connect(full.ws) as holder:
+            await holder.send('{"type":"start"}')
+            await holder.recv()
+            return await asyncio.to_thread(
+                run_cli, "Hello", "-o", str(tmp_path / "x.wav"), "--url", full.ws, "--retries", "1"
+            )
+
+    result = asyncio.run(hold_and_ask())
     assert result.returncode == 1
-    assert "unknown_voice" in result.stderr and "Traceback" not in result.stderr
+    assert "1013" in result.stderr and "busy or restarting" in result.stderr, result.stderr
+    assert "is the server running" not in result.stderr
 
 
 def test_play_without_any_sound_output_says_so(tmp_path: Path) -> None:
@@ -185,3 +224,26 @@ def test_wav_writer_patches_sizes_on_a_pipe_and_on_a_file(tmp_path: Path) -> Non
         assert w.getnframes() == 16
     with pytest.raises(ValueError):
         WavWriter(io.BytesIO(), 8000).write(b"\x00")
+
+
+def test_writing_a_file_is_not_paced_like_a_listener(server: RunningServer, tmp_path: Path) -> None:
+    # ~16 s of speech. A real-time listener gets it ~4 s ahead of playback (a paced file
+    # took 12.3 s); a file is written as fast as the server makes it (measured: 1.25 s).
+    text = " ".join(
+        [
+            "The quarterly report shows steady growth in every region we serve.",
+            "Customers in the north renewed their contracts at a higher rate than last year.",
+            "Our support team answered most calls within two minutes, a new record.",
+            "Next quarter we will open two offices and hire twenty more engineers.",
+        ]
+    )
+    out = tmp_path / "fast.wav"
+    began = time.monotonic()
+    result = run_cli(text, "-o", str(out), "--url", server.ws)
+    wall = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    audio_s = audio_ms(result.stderr) / 1000
+    assert audio_s > 10, audio_s
+    assert wall < audio_s / 2, f"{wall:.1f} s for {audio_s:.1f} s of audio"
+    with wave.open(str(out)) as w:
+        assert w.getnframes() == audio_ms(result.stderr) * 22050 // 1000

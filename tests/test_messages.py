@@ -279,8 +279,23 @@ def test_encode_ready() -> None:
         "sample_rate": 8000,
         "frame_ms": 20,
         "speed": 1.0,
+        "realtime": True,
         "channels": 1,
     }
+
+
+@pytest.mark.parametrize("value", [0, 1, "false", [], {}])
+def test_realtime_must_be_a_boolean(value: object) -> None:
+    parsed = m.parse_client_message(
+        json.dumps({"type": "start", "realtime": value}), max_text_chars=100
+    )
+    assert isinstance(parsed, m.ProtocolError) and parsed.code == "bad_field"
+    assert "'realtime'" in parsed.message
+
+
+def test_realtime_false_is_parsed() -> None:
+    parsed = m.parse_client_message('{"type": "start", "realtime": false}', max_text_chars=100)
+    assert parsed == m.Start(realtime=False)
 
 
 def test_encode_segment_rounds_offset_and_keeps_non_ascii() -> None:

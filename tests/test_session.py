@@ -143,6 +143,7 @@ def test_explicit_start_sends_ready_with_effective_settings() -> None:
             "sample_rate": 22050,
             "frame_ms": 20,
             "speed": 1.0,
+            "realtime": True,
             "channels": 1,
         }
     ]
@@ -785,6 +786,33 @@ def test_deadline_with_audio_buffered_is_when_the_listener_runs_out() -> None:
     assert deadline > job.trigger_at
     produced_ms = sum(w.frame.duration_ms for w in h.wire if isinstance(w, SendFrame))
     assert deadline == pytest.approx(3.1 + produced_ms / 1000)
+
+
+def test_a_client_that_is_not_realtime_is_not_held_back_nor_counted_late() -> None:
+    h = Harness(limits=Limits(lookahead_ms=1000.0, max_unsent_ms=60_000.0))
+    h.send(m.Start(realtime=False), at=0.0)
+    ready = h.pop()[0]
+    assert isinstance(ready, dict) and ready["realtime"] is False
+    h.text("A long first sentence here. Then more. ", at=0.0)
+    job = h.s.next_job()
+    assert job is not None
+    h.s.deliver_audio(job, constant(22050 * 3), 0.01)  # 3 s of audio, beyond the look-ahead
+    assert h.s.compute_wait(job, now=0.0) == 0.0
+    assert frames_of(h, at=1.0)[0] is False  # the first frame starts the clock at 1.0
+    h.s.deliver_audio(job, constant(22050), 0.01)
+    # Frames a real-time listener would have needed seconds ago: no underrun.
+    assert not any(frames_of(h, at=30.0))
+    assert job.utterance.underruns == 0
+
+
+def test_a_realtime_client_is_held_to_the_look_ahead() -> None:
+    h = Harness(limits=Limits(lookahead_ms=1000.0, max_unsent_ms=60_000.0))
+    h.text("A long first sentence here. Then more. ", at=0.0)
+    job = h.s.next_job()
+    assert job is not None
+    h.s.deliver_audio(job, constant(22050 * 3), 0.01)
+    frames_of(h, at=0.0)
+    assert h.s.compute_wait(job, now=0.0) == pytest.approx(2.0, abs=0.05)
 
 
 def test_compute_wait_bounds_audio_ahead_of_playback() -> None:
