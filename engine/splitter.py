@@ -96,6 +96,7 @@ class SentenceSplitter:
         self._max = max_segment_chars
         self._buf = ""  # pending text; starts where the next segment starts
         self._first = True  # the pending segment is the utterance's first
+        self._soon = False  # speak_soon() asked for it: half thresholds
         self._reset_segment()
 
     @property
@@ -115,7 +116,7 @@ class SentenceSplitter:
         utterance, whose first segment may again be a fast first fragment.
         """
         segments = self._drain(final=True)
-        self._first = True
+        self._first, self._soon = True, False
         return segments
 
     def speak_soon(self) -> None:
@@ -123,11 +124,14 @@ class SentenceSplitter:
 
         For a caller whose listener has run out of audio mid-utterance (a
         slow token stream after a short sentence): the next clause mark that
-        meets the fast-fragment thresholds ends the segment. Output stays
+        meets half the fast-fragment thresholds (3 words and 15 characters by
+        default) ends the segment: the listener already hears silence, so a
+        short clause beats a long wait ("Sure! | Your balance is $1,299.99, |"). Output stays
         chunk-invariant for a fixed sequence of ``add`` and ``speak_soon``.
         """
-        if not self._first:
+        if not self._first or not self._soon:
             self._first = True
+            self._soon = True
             self._reset_segment()
 
     def flush_words(self) -> list[str]:
@@ -166,7 +170,7 @@ class SentenceSplitter:
                 break
             segments.append(self._buf[:cut])
             self._buf = self._buf[cut:]
-            self._first = False
+            self._first = self._soon = False
             self._reset_segment()
         return segments
 
@@ -278,18 +282,25 @@ class SentenceSplitter:
         assert core is not None
         if buf[p] in _DASHES and (p == core or not buf[p - 1].isspace()):
             return "skip", p + 1  # a hyphen inside a word
-        if p - core < self._min_chars:
+        min_words, min_chars = self._thresholds()
+        if p - core < min_chars:
             return "skip", p + 1
         if p + 1 == len(buf):
             return ("skip", p + 1) if final else ("wait", 0)
         if not buf[p + 1].isspace():  # 1,000 and 9:30
             return "skip", p + 1
         if not self._words_ok:
-            words = sum(1 for _ in islice(_WORD_RE.finditer(buf, core, p), self._min_words))
-            if words < self._min_words:
+            words = sum(1 for _ in islice(_WORD_RE.finditer(buf, core, p), min_words))
+            if words < min_words:
                 return "skip", p + 1
             self._words_ok = True
         return "end", p + 1
+
+    def _thresholds(self) -> tuple[int, int]:
+        """(words, characters) a fast fragment needs before its clause mark."""
+        if self._soon:
+            return max(1, self._min_words // 2), max(1, self._min_chars // 2)
+        return self._min_words, self._min_chars
 
     def _is_abbreviation(self, p: int, following: str) -> bool:
         """Whether the single period at ``p`` closes a token that is not a sentence end."""

@@ -311,14 +311,16 @@ PARAGRAPH = (
 
 
 def segments_for(pieces: list[str], engine_between: bool) -> list[str]:
+    # Pieces 10 ms apart, 1 s of audio per segment: the listener never runs dry, so the
+    # splitter alone decides (a dry listener lets a clause end a segment: speak_soon).
     h = Harness()
     for i, piece in enumerate(pieces):
-        h.text(piece, at=float(i))
+        h.text(piece, at=0.01 * i)
         if engine_between:
-            h.run_all(constant(300))
+            h.run_all(constant(22050))
             h.pop()
-    h.send(m.End(), at=float(len(pieces)))
-    h.run_all(constant(300))
+    h.send(m.End(), at=0.01 * len(pieces))
+    h.run_all(constant(22050))
     h.pop()
     assert h.errors() == []
     assert h.messages("done")
@@ -1127,7 +1129,7 @@ def test_a_client_that_pauses_between_sentences_causes_no_underrun() -> None:
     h.send(m.Flush())
     h.run_all(constant(441 * 10))  # 200 ms of audio
     assert frames_of(h, at=0.1) == [False] * 10  # the listener hears it by t = 0.3
-    h.text("Then, thirty seconds later, more. ", at=30.0)  # an LLM that stalled
+    h.text("Thirty seconds later comes more. ", at=30.0)  # an LLM that stalled
     h.send(m.Flush())
     h.run_all(constant(441 * 10))
     assert frames_of(h, at=30.2) == [False] * 20  # a pause, then the sentence: no underrun
@@ -1143,14 +1145,18 @@ def test_a_client_that_pauses_between_sentences_causes_no_underrun() -> None:
     assert h.messages("done")[0]["metrics"]["underruns"] == 1
 
 
-def reply_after_a_short_sentence(first_audio_ms: int) -> list[str]:
-    """ "Sure! " spoken, then a slow stream sends a long clause word by word at t = 1.0+."""
+def reply_after_a_short_sentence(
+    first_audio_ms: int,
+    rest: str = "I can certainly help you with that order, and it ships today",
+) -> list[str]:
+    """ "Sure! " spoken, then a slow stream sends ``rest`` word by word at t = 1.0+."""
     h = Harness()
     h.send(m.Start(frame_ms=20, sample_rate=22050))
-    h.text("Sure! I", at=0.0)  # "Sure! " is a segment once "I" shows it has ended
+    first_word, rest = rest.split(" ", 1)
+    h.text("Sure! " + first_word, at=0.0)  # "Sure! " is a segment once the next word shows
     h.run_all(constant(441 * first_audio_ms // 20))
     frames_of(h, at=0.1)
-    rest = " can certainly help you with that order, and it ships today"
+    rest = " " + rest
     for i, word in enumerate(rest.split(" ")[1:]):
         h.text(" " + word, at=1.0 + 0.2 * i)
     h.run_all()
@@ -1164,6 +1170,15 @@ def test_a_listener_run_dry_gets_the_next_clause_without_waiting_for_the_sentenc
     assert reply_after_a_short_sentence(200) == ["I can certainly help you with that order,"]
     # 10 s of "Sure!" still to play: nothing to hurry, the sentence is kept whole.
     assert reply_after_a_short_sentence(10_000) == []
+
+
+def test_a_listener_run_dry_gets_a_shorter_clause_than_a_first_fragment_needs() -> None:
+    # 5 words: under the first fragment's 6, over the 3 a listener in silence is owed.
+    rest = "Your current balance is $1,299.99, and the next payment is due on Friday"
+    assert reply_after_a_short_sentence(200, rest) == ["Your current balance is $1,299.99,"]
+    assert reply_after_a_short_sentence(10_000, rest) == []
+    # Too short a clause still waits: two words are no phrase.
+    assert reply_after_a_short_sentence(200, "Well, okay, that is done for you today") == []
 
 
 def test_stall_moves_the_compute_deadline() -> None:
