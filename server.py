@@ -52,6 +52,10 @@ TTS_PATH = "/v1/tts"
 AUTH_TIMEOUT_S = 10.0  # a connection must present its token within this (with --token)
 
 
+# Closes websockets sends by itself when a client's frame is bad, as error codes on /metrics.
+FRAME_CLOSES = {1002: "protocol_error", 1007: "invalid_utf8", 1009: "message_too_big"}
+
+
 @dataclass
 class App:
     """Process-wide state: the engine, the worker pool, metrics, open sessions."""
@@ -232,7 +236,11 @@ class _Link:
                 s.on_flush_deadline(now)
                 self._kick()
                 continue
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                # websockets itself closed on a bad frame: count it like the server's own closes
+                code = exc.sent.code if exc.sent is not None else None
+                if code in FRAME_CLOSES:
+                    self.app.metrics.errors.labels(FRAME_CLOSES[code]).inc()
                 return
             now = last_activity = time.monotonic()
             msg = m.parse_client_message(frame, max_text_chars=c.max_text_chars)

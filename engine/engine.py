@@ -149,8 +149,14 @@ class Engine:
         if include_default or (voice is None and voices_dir is None):
             wanted.append((default_voice_files().model, voice is None and voices_dir is None))
         if voices_dir is not None:
-            wanted += [(p, False) for p in find_voices(Path(voices_dir))]
-            wanted += [(p, False) for p in find_vits_voices(Path(voices_dir))]
+            found = find_voices(Path(voices_dir)) + find_vits_voices(Path(voices_dir))
+            if not found:
+                log.warning(
+                    "engine: no voices in %s (looked for *.onnx with *.onnx.json beside it,"
+                    " and checkpoint folders)",
+                    voices_dir,
+                )
+            wanted += [(p, False) for p in found]
         loaded: dict[str, Voice] = {}
         errors: dict[str, str] = {}
         for model, required in wanted:

@@ -56,7 +56,9 @@ _ABBREVIATIONS: Final = _words(
     " nov dec"
 )
 # Abbreviations only when a number follows ("No. 5", "Fig. 3"); "No. Never." splits.
-_NUMBER_ABBREVIATIONS: Final = _words("no nos fig figs vol vols pp eq ch sec art")
+_NUMBER_ABBREVIATIONS: Final = _words(
+    "no nos fig figs vol vols pp eq ch sec art ext tel apt rm ste"
+)
 # "Step 1. Mix." - a number after one of these words is a label, not a sentence end.
 _LIST_WORDS: Final = _words(
     "step chapter part item section lesson phase stage question option rule"

@@ -142,6 +142,17 @@ def test_missing_voices_folder_raises(tmp_path: Path) -> None:
         Engine.load(voices_dir=tmp_path / "absent", cache_dir=tmp_path)
 
 
+def test_an_empty_voices_folder_is_a_warning_and_the_default_serves(
+    cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "voices"
+    empty.mkdir()
+    with caplog.at_level("WARNING", logger="engine"):
+        engine = Engine.load(voices_dir=empty, cache_dir=cache)
+    assert list(engine.voices) == [DEFAULT]
+    assert any(f"no voices in {empty}" in r.getMessage() for r in caplog.records)
+
+
 def test_model_without_config_in_folder_is_reported(tiny_model: Path, tmp_path: Path) -> None:
     """A half-installed voice (no .onnx.json) is reported in voice_errors; the others serve."""
     folder = tmp_path / "voices"

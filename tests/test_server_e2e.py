@@ -169,6 +169,7 @@ async def test_every_client_message_type_on_one_connection(server: RunningServer
             "sample_rate": NATIVE_RATE,
             "frame_ms": 40,
             "speed": 1.25,
+            "realtime": True,
             "channels": 1,
         }
         assert isinstance(ready["session_id"], str) and ready["session_id"]

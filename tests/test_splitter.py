@@ -54,6 +54,7 @@ def _feed(pieces: list[str], **kwargs: Any) -> list[str]:
         ("So did I. Then we left.", ["So did I.", "Then we left."]),
         ("I live in the U.S.", ["I live in the U.S."]),
         ("See No. 5 and Fig. 3 now. No. Never.", ["See No. 5 and Fig. 3 now.", "No.", "Never."]),
+        ("Call ext. 42 today. Ext. Done.", ["Call ext. 42 today.", "Ext.", "Done."]),
         # numbers, addresses, URLs
         ("It costs $3.50 today. Good.", ["It costs $3.50 today.", "Good."]),
         ("Fever of 98.6 and 1,000.5 units. Ok.", ["Fever of 98.6 and 1,000.5 units.", "Ok."]),

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -433,3 +434,19 @@ def test_speak_over_speak_reports_the_second_utterance_only(web: WebPage) -> Non
     assert stats["spokenText"] is None and stats["unspokenText"] is None, stats
     assert stats["audioSentMs"] is None or stats["audioSentMs"] <= stats["audioMs"] + 1, stats
     assert_played_everything(stats)
+
+
+def test_done_after_the_server_went_away_says_so(
+    browser: Browser, server_factory: Callable[..., RunningServer]
+) -> None:
+    leaving = server_factory()
+    with open_page(browser, leaving.http + "/") as web:
+        web.wait_for("s.state === 'ready' && s.connected", timeout_s=15)
+        web.testid("text").fill(LONG_TEXT)
+        web.testid("speak").click()
+        web.wait_for("s.samplesPlayed > 0", timeout_s=30)
+        leaving.process.send_signal(signal.SIGTERM)  # drains: the utterance is finished
+        web.wait_for("s.state === 'done'", timeout_s=60)
+        status = web.testid("status").inner_text()
+        assert status == "done · disconnected; reconnecting", status
+        assert not web.unexpected_errors()

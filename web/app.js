@@ -392,7 +392,8 @@ function failUtterance(message) {
 function finishIfComplete(u) {
   if (!u.active || !u.serverDone || !u.drained) return;
   u.active = false;
-  setStatus("done", "done");
+  // The socket may have closed while the last audio played out (a server restart).
+  setStatus("done", stats.connected ? "done" : "done · disconnected; reconnecting");
   renderHighlight(u, Infinity);
 }
 

@@ -124,6 +124,9 @@ async def test_deflate_bomb_is_refused_without_inflating(
 ) -> None:
     bomb = deflate_bomb(inflated)
     assert (len(bomb) > MAX_MESSAGE_BYTES) == (code == 1009), len(bomb)
+    label = "message_too_big" if code == 1009 else "protocol_error"
+    counted = f'firstword_errors_total{{code="{label}"}}'
+    counted_before = (await metrics(srv.http)).get(counted, 0.0)
     before = ProcStat.of(srv.process.pid).rss
     sampler = RssSampler(srv.process.pid).start()
     clients = [await RawClient.connect(srv.port) for _ in range(8)]
@@ -136,6 +139,8 @@ async def test_deflate_bomb_is_refused_without_inflating(
     peak = await sampler.stop()
     assert codes == [code] * len(clients)
     assert peak - before < RSS_JUMP_LIMIT, f"RSS {mb(before)} -> peak {mb(peak)}"
+    # Each close is on /metrics under its code (websockets closes these itself).
+    await settle(srv.http, lambda s: s.get(counted, 0.0) - counted_before >= len(clients), 10)
     await still_serves(srv)
     print(f"deflate bomb {mb(inflated)} ({len(bomb)} B): {codes[0]}, RSS +{mb(peak - before)}")
 
