@@ -341,19 +341,27 @@ async def test_a_first_call_takes_the_urgent_slot_whatever_its_deadline(
         s.shutdown()
 
 
+async def occupy_worker_and_urgent_slot(
+    s: EdfScheduler, clock: FakeClock, gates: list[threading.Event]
+) -> tuple[list[Holder], list[asyncio.Task[str]]]:
+    """Hold the one normal worker (``gates[0]``) and the urgent slot (``gates[1]``)."""
+    holders = [Holder(g) for g in gates]
+    held = [
+        asyncio.create_task(s.run(clock.now, holders[0])),
+        asyncio.create_task(s.run(clock.now, holders[1], first=True)),
+    ]
+    await until(lambda: all(h.started.is_set() for h in holders))
+    return holders, held
+
+
 async def test_in_a_burst_the_urgent_slot_serves_first_calls_and_the_worker_deadlines() -> None:
-    # The urgent slot and the worker are busy; one listener waits for its first audio
-    # (deadline: arrival + budget), two already listening wait for their next chunk.
+    # The urgent slot and the worker are busy; one listener waits for its first audio,
+    # two already listening wait for their next chunk.
     clock = FakeClock()
     s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
     gates = [threading.Event(), threading.Event()]
     try:
-        holders = [Holder(g) for g in gates]
-        held = [
-            asyncio.create_task(s.run(clock.now, holders[0])),
-            asyncio.create_task(s.run(clock.now, holders[1], first=True)),
-        ]
-        await until(lambda: all(h.started.is_set() for h in holders))
+        _holders, held = await occupy_worker_and_urgent_slot(s, clock, gates)
         order: list[str] = []
         first = asyncio.create_task(s.run(clock.now + 0.5, recorder(order, "first"), first=True))
         soon = asyncio.create_task(s.run(clock.now + 0.3, recorder(order, "soon")))
@@ -377,12 +385,7 @@ async def test_an_urgent_slot_goes_to_a_due_listener_before_a_later_first_call()
     s = EdfScheduler(1, urgent_slots=1, urgent_within=0.15, clock=clock)
     gates = [threading.Event(), threading.Event()]
     try:
-        holders = [Holder(g) for g in gates]
-        held = [
-            asyncio.create_task(s.run(clock.now, holders[0])),
-            asyncio.create_task(s.run(clock.now, holders[1], first=True)),
-        ]
-        await until(lambda: all(h.started.is_set() for h in holders))
+        holders, held = await occupy_worker_and_urgent_slot(s, clock, gates)
         order: list[str] = []
         first = asyncio.create_task(s.run(clock.now + 0.5, recorder(order, "first"), first=True))
         due = asyncio.create_task(s.run(clock.now + 0.1, recorder(order, "due")))
